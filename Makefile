@@ -1,0 +1,63 @@
+# midiforge: `make demo` and `make test` are all a fresh machine needs.
+#
+# The CPU/GPU choice is TORCH_REQ, and only TORCH_REQ:
+#   CPU (default):  requirements/torch-cpu.txt  (torch 2.13.0+cpu, no CUDA packages)
+#   GPU images:     make install TORCH_REQ=requirements/torch-gpu.txt
+
+PYTHON    ?= python3.11
+VENV      ?= .venv
+TORCH_REQ ?= requirements/torch-cpu.txt
+EXTRAS    ?= data,train,serve,dev
+DEMO_OUT  ?= demo-out
+BIN       := $(VENV)/bin
+STAMP     := $(VENV)/.midiforge-installed
+PIP       := $(BIN)/python -m pip --disable-pip-version-check -q
+
+.PHONY: install sysdeps demo test lint bench clean
+
+install: $(STAMP)
+
+# Re-run when the venv is missing, made by another Python, or older than the inputs.
+$(STAMP): pyproject.toml requirements/*.txt Makefile
+	@$(MAKE) --no-print-directory sysdeps
+	@if ! $(BIN)/python -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null; then \
+		echo "creating $(VENV) with $(PYTHON)"; rm -rf $(VENV); $(PYTHON) -m venv $(VENV); fi
+	$(PIP) install "setuptools<81" wheel
+	$(PIP) install -r $(TORCH_REQ)
+	$(PIP) install -c requirements/constraints.txt -e ".[$(EXTRAS)]"
+	$(PIP) install --no-deps -r requirements/basic-pitch.txt
+	@if [ "$(TORCH_REQ)" = "requirements/torch-cpu.txt" ] && \
+		$(BIN)/python -m pip list 2>/dev/null | grep -i -E '^(nvidia-|triton)'; then \
+		echo "error: a CPU install pulled CUDA packages (listed above)" >&2; exit 1; fi
+	@touch $(STAMP)
+
+# FluidSynth renders the demo corpus; Debian's libfluidsynth3 provides it.
+sysdeps:
+	@if ! (ldconfig -p 2>/dev/null || /sbin/ldconfig -p) | grep -q 'libfluidsynth\.so\.3'; then \
+		if [ "$$(id -u)" = 0 ]; then SUDO=; elif command -v sudo >/dev/null; then SUDO=sudo; \
+		else echo "midiforge needs FluidSynth: install Debian's libfluidsynth3 (or your OS's fluidsynth)" >&2; exit 1; fi; \
+		echo "installing libfluidsynth3"; \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends libfluidsynth3 >/dev/null; \
+	fi
+
+# Until the dataset job lands: render the demo corpus, then a registry round trip.
+demo: $(STAMP)
+	rm -rf $(DEMO_OUT)
+	$(BIN)/midiforge corpus render --styles chorale,fiddle,folk,quartet --per-style 2 --seconds 15 --out $(DEMO_OUT)/corpus --seed 0
+	$(BIN)/midiforge models pull stock --to $(DEMO_OUT)/stock
+	$(BIN)/midiforge models push $(DEMO_OUT)/stock --name demo-transcriber --root $(DEMO_OUT)/models
+	$(BIN)/midiforge models list --root $(DEMO_OUT)/models
+	$(BIN)/midiforge models pull demo-transcriber --to $(DEMO_OUT)/pulled --root $(DEMO_OUT)/models
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest
+
+bench: $(STAMP)
+	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""midiforge: audio to genre-specific MIDI training data on Ray."""

@@ -1,0 +1,193 @@
+"""The `midiforge` command. Each subcommand parses flags and calls one library function;
+the printing of results lives here and nowhere else in the library."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+from midiforge import config as cfgmod
+
+log = logging.getLogger("midiforge")
+
+
+# --- corpus ----------------------------------------------------------------------------
+
+
+def _corpus_render(args: argparse.Namespace) -> int:
+    from midiforge.corpus_render import RenderConfig, render_corpus
+
+    cfg = cfgmod.load(
+        RenderConfig,
+        args.config,
+        args.overrides,
+        styles=args.styles,
+        per_style=args.per_style,
+        seconds=args.seconds,
+        out=args.out,
+        soundfont=args.soundfont,
+        sample_rate=args.sample_rate,
+        vary_instruments=args.vary_instruments or None,
+        seed=args.seed,
+    )
+    manifest = render_corpus(cfg)
+    for p in manifest["pieces"]:
+        print(
+            f"  {p['style']:8s} {p['piece']:48s} {p['audio_seconds']:6.2f} s  "
+            f"{', '.join(sorted(set(p['instruments'])))}"
+        )
+    for f in manifest["failures"]:
+        print(f"  SKIPPED {f['piece'] or f['source']}: {f['reason']}")
+    speed = manifest["speed"]
+    print(
+        f"rendered {len(manifest['pieces'])} pieces, {speed['audio_seconds']} s of audio in "
+        f"{speed['wall_seconds']} s: {speed['audio_seconds_per_wall_second']} audio-s per wall-s "
+        f"overall, {speed['audio_seconds_per_synth_second']} in the synthesizer alone "
+        f"-> {cfg.out}/manifest.json"
+    )
+    return 0
+
+
+def _add_corpus(sub: argparse._SubParsersAction) -> None:
+    corpus = sub.add_parser("corpus", help="the demo corpus: music21 scores rendered to audio")
+    csub = corpus.add_subparsers(dest="action", required=True)
+    r = csub.add_parser("render", help="render corpus pieces to WAV + the exact MIDI")
+    r.add_argument("--styles", help="comma-separated: chorale,fiddle,folk,quartet")
+    r.add_argument("--per-style", type=int, help="pieces per style (default 3)")
+    r.add_argument("--seconds", type=float, help="cut each piece to this length (default 20)")
+    r.add_argument("--out", help="output folder")
+    r.add_argument("--soundfont", help=".sf2 file (default: pretty_midi's TimGM6mb.sf2)")
+    r.add_argument("--sample-rate", type=int, help="Hz (default 22050)")
+    r.add_argument("--vary-instruments", action="store_true", help="draw GM programs per piece")
+    _common(r)
+    r.set_defaults(func=_corpus_render)
+
+
+# --- models ----------------------------------------------------------------------------
+
+
+def _registry(args: argparse.Namespace):
+    from midiforge.registry import Registry
+
+    return Registry(args.root)
+
+
+def _models_list(args: argparse.Namespace) -> int:
+    reg = _registry(args)
+    print(f"registry: {reg.root}")
+    print(f"{'NAME':24s} {'KIND':18s} {'VERSION':32s} {'SIZE':>10s}  CREATED")
+    for m in reg.list():
+        print(f"{m.name:24s} {m.kind:18s} {m.version:32s} {m.size_bytes:>10d}  {m.created}")
+    return 0
+
+
+def _models_push(args: argparse.Namespace) -> int:
+    metrics = json.loads(args.metrics) if args.metrics else None
+    m = _registry(args).push(
+        args.path,
+        args.name,
+        kind=args.kind,
+        parent=args.parent,
+        training_data_hash=args.training_data_hash,
+        metrics=metrics,
+    )
+    print(f"pushed {m.name} version {m.version} ({len(m.files)} files, {m.size_bytes} bytes)")
+    return 0
+
+
+def _models_pull(args: argparse.Namespace) -> int:
+    dest = _registry(args).pull(args.name, args.to)
+    print(f"pulled {args.name} to {dest} (checksums verified)")
+    return 0
+
+
+def _models_show(args: argparse.Namespace) -> int:
+    print(_registry(args).manifest(args.name).to_json())
+    return 0
+
+
+def _add_models(sub: argparse._SubParsersAction) -> None:
+    models = sub.add_parser("models", help="the model registry (folder or s3:// gs:// URI)")
+    msub = models.add_subparsers(dest="action", required=True)
+
+    def root(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--root", help="registry root; default $MIDIFORGE_MODELS or ~/.midiforge/models"
+        )
+
+    p = msub.add_parser("list", help="list models")
+    root(p)
+    p.set_defaults(func=_models_list)
+    p = msub.add_parser("push", help="upload a model folder (or one .onnx file) atomically")
+    p.add_argument("path")
+    p.add_argument("--name", required=True)
+    p.add_argument(
+        "--kind", help="transcriber|separator|lm|lm-adapter|drum-filter|style-classifier|other"
+    )
+    p.add_argument("--parent", help="the model this one was trained from")
+    p.add_argument("--training-data-hash")
+    p.add_argument("--metrics", help="JSON object (default: the folder's metrics.json)")
+    root(p)
+    p.set_defaults(func=_models_push)
+    p = msub.add_parser("pull", help="download a model, verifying every checksum")
+    p.add_argument("name")
+    p.add_argument("--to", required=True)
+    root(p)
+    p.set_defaults(func=_models_pull)
+    p = msub.add_parser("show", help="print a model's manifest")
+    p.add_argument("name")
+    root(p)
+    p.set_defaults(func=_models_show)
+
+
+# --- entry point -------------------------------------------------------------------------
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML config file")
+    p.add_argument("--seed", type=int, help="random seed (same seed, same output)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="midiforge",
+        description="Audio to genre-specific MIDI training data, models and endpoints on Ray.",
+        epilog="Any config key can be overridden as --key=value (e.g. --tail_s=0.5).",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_corpus(sub)
+    _add_models(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    overrides = [a for a in rest if a.startswith("--") and "=" in a]
+    stray = [a for a in rest if a not in overrides]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    args.overrides = overrides
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    if overrides and not hasattr(args, "config"):
+        parser.error(f"{args.command} takes no --key=value overrides: {' '.join(overrides)}")
+    func: Callable[[argparse.Namespace], int] = args.func
+    from midiforge.registry import RegistryError
+    from midiforge.render import RenderError
+
+    try:
+        return func(args)
+    except (cfgmod.ConfigError, RegistryError, RenderError, FileNotFoundError) as e:
+        print(f"midiforge: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

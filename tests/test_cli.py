@@ -1,0 +1,49 @@
+"""The `midiforge` command: registry subcommands and error handling."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from midiforge import cli
+
+
+def test_models_commands_round_trip(tmp_path, capsys):
+    root = str(tmp_path / "reg")
+    src = tmp_path / "m"
+    src.mkdir()
+    (src / "model.onnx").write_bytes(b"abc")
+    (src / "metrics.json").write_text('{"f1": 0.5}')
+    assert (
+        cli.main(
+            ["models", "push", str(src), "--name", "tiny", "--kind", "transcriber", "--root", root]
+        )
+        == 0
+    )
+    assert cli.main(["models", "list", "--root", root]) == 0
+    listing = capsys.readouterr().out
+    assert "tiny" in listing and "stock" in listing
+    assert cli.main(["models", "show", "tiny", "--root", root]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["metrics"] == {"f1": 0.5} and shown["kind"] == "transcriber"
+    assert cli.main(["models", "pull", "tiny", "--to", str(tmp_path / "o"), "--root", root]) == 0
+    assert (tmp_path / "o" / "model.onnx").read_bytes() == b"abc"
+
+
+def test_errors_exit_2_with_a_message(tmp_path, capsys):
+    assert cli.main(["models", "pull", "../x", "--to", str(tmp_path / "o")]) == 2
+    assert "invalid model name" in capsys.readouterr().err
+    assert cli.main(["models", "show", "missing"]) == 2
+    assert "no model named 'missing'" in capsys.readouterr().err
+    assert cli.main(["corpus", "render", "--styles", "polka", "--out", str(tmp_path)]) == 2
+    assert "polka" in capsys.readouterr().err
+    assert cli.main(["corpus", "render", "--out", str(tmp_path), "--per_styel=2"]) == 2
+    assert "per_styel" in capsys.readouterr().err
+
+
+def test_console_script_is_installed():
+    exe = shutil.which("midiforge", path=str(Path(sys.executable).parent))
+    assert exe
+    out = subprocess.run([exe, "--help"], capture_output=True, text=True, check=True).stdout
+    assert "corpus" in out and "models" in out
