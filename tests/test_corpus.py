@@ -38,12 +38,18 @@ def test_excerpt_is_cut_and_keeps_parts():
     assert programs == [40, 40, 41, 42]  # violin, violin, viola, cello from part names
 
 
-def test_shared_time_signature_export_is_repaired():
-    """Essen han2 #580 shares one TimeSignature between measures: the first export
-    fails, the repaired one must succeed."""
-    cand = corpus.Candidate("folk", "essenFolksong/han2.abc", 580)
-    score = corpus._parse(cand)
-    with pytest.raises(Exception, match="already found"):
+@pytest.mark.parametrize(
+    ("style", "path", "number", "first_error"),
+    [
+        # ABC repeats music21 cannot expand (ExpanderException)
+        ("fiddle", "ryansMammoth/SmashTheWindowsJig.abc", None, "badly formed repeats"),
+        # one TimeSignature object shared between measures (StreamException)
+        ("folk", "essenFolksong/han2.abc", 580, "already found"),
+    ],
+)
+def test_known_export_failures_are_repaired(style, path, number, first_error):
+    score = corpus._parse(corpus.Candidate(style, path, number))
+    with pytest.raises(Exception, match=first_error):
         corpus._to_midi(score)
     pm = corpus._export(score)
     assert sum(len(i.notes) for i in pm.instruments) > 20

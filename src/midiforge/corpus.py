@@ -14,7 +14,6 @@ generator seeded from (seed, style).
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import logging
 import random
@@ -119,19 +118,20 @@ def select(style: str, seed: int) -> list[Candidate]:
 
 
 def _strip_repeats(score) -> None:
-    """Remove repeat barlines and volta brackets so music21 need not expand them."""
-    from music21 import bar, spanner
+    """Remove repeat barlines, volta brackets and repeat marks (segno, D.C., ...), so
+    the written notes play once in order: music21 refuses to expand repeats it finds
+    badly formed (ExpanderException), which ABC tunes and measure excerpts often are."""
+    from music21 import bar, repeat, spanner
 
-    for b in list(score.recurse().getElementsByClass(bar.Repeat)):
-        site = b.activeSite
-        if site is not None:
-            site.remove(b)
-    for s in list(score.recurse().getElementsByClass(spanner.RepeatBracket)):
-        for site in list(s.sites.get()):
-            if site[0] is not None and hasattr(site[0], "remove"):
-                # music21 raises when the spanner is not in that site: nothing to remove.
-                with contextlib.suppress(Exception):
-                    site[0].remove(s)
+    for m in list(score.recurse().getElementsByClass("Measure")):
+        if isinstance(m.leftBarline, bar.Repeat):
+            m.leftBarline = None
+        if isinstance(m.rightBarline, bar.Repeat):
+            m.rightBarline = bar.Barline("regular")
+    marks = (repeat.RepeatExpression, spanner.RepeatBracket)
+    for el in list(score.recurse().getElementsByClass(marks)):
+        if el.activeSite is not None:
+            el.activeSite.remove(el)
 
 
 def _unshare_time_signatures(score) -> None:
