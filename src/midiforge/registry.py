@@ -261,7 +261,7 @@ class Registry:
         self._write_bytes(tmp, manifest.to_json().encode())
         self.fs.move(tmp, self._p(name, MANIFEST))
         self._prune(name, keep=version)
-        log.info("pushed %s version %s (%d files)", name, version, len(files))
+        log.debug("pushed %s version %s (%d files)", name, version, len(files))
         return manifest
 
     @staticmethod
