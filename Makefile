@@ -8,7 +8,7 @@ PYTHON    ?= python3.11
 VENV      ?= .venv
 TORCH_REQ ?= requirements/torch-cpu.txt
 EXTRAS    ?= data,train,serve,dev
-DEMO_OUT  ?= demo-out
+DEMO_OUT  ?= out/demo
 BIN       := $(VENV)/bin
 STAMP     := $(VENV)/.midiforge-installed
 PIP       := $(BIN)/python -m pip --disable-pip-version-check -q
@@ -40,14 +40,17 @@ sysdeps:
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends libfluidsynth3 >/dev/null; \
 	fi
 
-# Until the dataset job lands: render the demo corpus, then a registry round trip.
+# The main job on embedded defaults: render a small corpus, then build a dataset from its
+# audio (transcribed, scored against the exact MIDI) and its MIDI (as tier 3). Offline:
+# no separation unless SEPARATOR names Demucs weights you have (see README).
+SEPARATOR ?= none
 demo: $(STAMP)
 	rm -rf $(DEMO_OUT)
-	$(BIN)/midiforge corpus render --styles chorale,fiddle,folk,quartet --per-style 2 --seconds 15 --out $(DEMO_OUT)/corpus --seed 0
-	$(BIN)/midiforge models pull stock --to $(DEMO_OUT)/stock
-	$(BIN)/midiforge models push $(DEMO_OUT)/stock --name demo-transcriber --root $(DEMO_OUT)/models
-	$(BIN)/midiforge models list --root $(DEMO_OUT)/models
-	$(BIN)/midiforge models pull demo-transcriber --to $(DEMO_OUT)/pulled --root $(DEMO_OUT)/models
+	$(BIN)/midiforge corpus render --styles chorale,fiddle,folk,quartet --per-style 3 --seconds 15 \
+		--out $(DEMO_OUT)/corpus --seed 0
+	$(BIN)/midiforge dataset build --audio $(DEMO_OUT)/corpus/audio --midi $(DEMO_OUT)/corpus/midi \
+		--style-from-folder --reference-midi $(DEMO_OUT)/corpus/midi --tier-midi 3 \
+		--separator $(SEPARATOR) --out $(DEMO_OUT) --seed 0
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

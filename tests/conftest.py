@@ -61,3 +61,31 @@ def s3_env(s3_server, monkeypatch):
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     return s3_server
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory):
+    """Real music with exact ground truth: 2 fiddle, 2 folk, 2 quartet pieces of 8 s."""
+    from midiforge.corpus_render import RenderConfig, render_corpus
+
+    out = tmp_path_factory.mktemp("tiny-corpus")
+    render_corpus(
+        RenderConfig(styles=["fiddle", "folk", "quartet"], per_style=2, seconds=8.0, out=str(out))
+    )
+    return out
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray for the whole test session, bound to 127.0.0.1."""
+    import ray
+
+    ray.init(
+        address="local",
+        num_cpus=2,
+        _node_ip_address="127.0.0.1",
+        include_dashboard=False,
+        log_to_driver=False,
+    )
+    yield ray
+    ray.shutdown()

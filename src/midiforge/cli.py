@@ -143,6 +143,25 @@ def _add_models(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_models_show)
 
 
+# --- dataset ---------------------------------------------------------------------------
+
+
+def _dataset_build(args: argparse.Namespace) -> int:
+    from midiforge.pipeline import command
+
+    return command.run(args, args.overrides)
+
+
+def _add_dataset(sub: argparse._SubParsersAction) -> None:
+    from midiforge.pipeline import command
+
+    ds = sub.add_parser("dataset", help="the dataset job on Ray Data")
+    dsub = ds.add_subparsers(dest="action", required=True)
+    b = dsub.add_parser("build", help="audio + MIDI in, validated tokenized split Parquet out")
+    command.add_arguments(b)
+    b.set_defaults(func=_dataset_build)
+
+
 # --- entry point -------------------------------------------------------------------------
 
 
@@ -160,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_corpus(sub)
+    _add_dataset(sub)
     _add_models(sub)
     return parser
 
@@ -179,12 +199,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if overrides and not hasattr(args, "config"):
         parser.error(f"{args.command} takes no --key=value overrides: {' '.join(overrides)}")
     func: Callable[[argparse.Namespace], int] = args.func
-    from midiforge.registry import RegistryError
-    from midiforge.render import RenderError
+    from midiforge.errors import MidiforgeError
 
     try:
         return func(args)
-    except (cfgmod.ConfigError, RegistryError, RenderError, FileNotFoundError) as e:
+    except (MidiforgeError, FileNotFoundError) as e:
         print(f"midiforge: error: {e}", file=sys.stderr)
         return 2
 

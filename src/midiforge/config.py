@@ -15,10 +15,12 @@ from typing import Any, TypeVar
 
 import yaml
 
+from midiforge.errors import MidiforgeError
+
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
+class ConfigError(MidiforgeError, ValueError):
     """A config file or override that does not fit its dataclass."""
 
 
@@ -84,9 +86,9 @@ def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
         raise ConfigError(f"unknown config key(s): {names} (known: {known})")
     kwargs = {k: _coerce(v, types_[k], prefix + k) for k, v in data.items()}
     obj = cls(**kwargs)
-    validate = getattr(obj, "validate", None)
-    if callable(validate):
-        validate()
+    check = getattr(obj, "validate_config", None)
+    if callable(check):
+        check()
     return obj
 
 

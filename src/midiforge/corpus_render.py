@@ -36,7 +36,7 @@ class RenderConfig:
     tail_s: float = 0.25  # release rendered after the last note-off
     seed: int = 0
 
-    def validate(self) -> None:
+    def validate_config(self) -> None:
         unknown = [s for s in self.styles if s not in corpus.STYLES]
         if unknown or not self.styles:
             raise cfgmod.ConfigError(

@@ -32,6 +32,8 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
+from midiforge.errors import MidiforgeError
+
 log = logging.getLogger(__name__)
 
 STOCK = "stock"
@@ -50,7 +52,7 @@ _CHUNK = 1 << 20
 _KEEP_VERSIONS = 2  # the current one, and the one a slow reader may still be pulling
 
 
-class RegistryError(RuntimeError):
+class RegistryError(MidiforgeError, RuntimeError):
     """A registry operation that cannot proceed; the message says why."""
 
 

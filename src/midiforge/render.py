@@ -15,12 +15,14 @@ from pathlib import Path
 import numpy as np
 import pretty_midi
 
+from midiforge.errors import MidiforgeError
+
 DEFAULT_SAMPLE_RATE = 22_050
 DRUM_CHANNEL = 9
 _PEAK = 0.891  # -1 dBFS: loud enough to be a normal recording, never clipped
 
 
-class RenderError(RuntimeError):
+class RenderError(MidiforgeError, RuntimeError):
     """The synthesizer could not be started or a soundfont could not be loaded."""
 
 

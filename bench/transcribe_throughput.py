@@ -1,0 +1,111 @@
+"""Transcription throughput in audio-seconds per wall-second, three ways, one run:
+
+1. baseline: basic-pitch's own `predict()`, file by file (decode, windows of 1, decoding);
+2. ceiling:  the ONNX model alone on pre-decoded windows, batched (no I/O, no decoding);
+3. pipeline: this project's Ray Data path end to end (read, decode, batched ONNX across
+   files, note decoding, validation, tokenization, work files), Ray already started.
+
+Targets on 2 cores: pipeline >= 1.2x baseline and >= 0.8x ceiling.
+
+    .venv/bin/python bench/transcribe_throughput.py [--audio out/demo/corpus/audio]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def _files(audio_dir: str | None) -> list[Path]:
+    if audio_dir and Path(audio_dir).is_dir():
+        return sorted(Path(audio_dir).rglob("*.wav"))
+    from midiforge.corpus_render import RenderConfig, render_corpus
+
+    out = Path(tempfile.mkdtemp(prefix="bench-corpus-"))
+    render_corpus(RenderConfig(per_style=3, seconds=15.0, out=str(out)))
+    return sorted((out / "audio").rglob("*.wav"))
+
+
+def baseline(files: list[Path], model_path: str) -> float:
+    from basic_pitch.inference import Model, predict
+
+    model = Model(model_path)
+    predict(str(files[0]), model)  # warm-up: imports, JIT in resampy/librosa
+    t0 = time.perf_counter()
+    for f in files:
+        predict(str(f), model)
+    return time.perf_counter() - t0
+
+
+def ceiling(clips: list[np.ndarray], model_path: str, batch: int) -> float:
+    from midiforge.transcription.runner import OnnxTranscriber, windows
+
+    runner = OnnxTranscriber(model_path, device="cpu", batch_windows=batch)
+    wins = np.concatenate([windows(c) for c in clips])
+    runner.run_windows(wins[:batch])  # warm-up
+    t0 = time.perf_counter()
+    runner.run_windows(wins)
+    return time.perf_counter() - t0
+
+
+def pipeline(files: list[Path], batch: int) -> float:
+    import ray
+
+    from midiforge.pipeline.build import _start_checks, connect, process_inputs
+    from midiforge.pipeline.config import DatasetConfig
+    from midiforge.pipeline.inputs import list_inputs
+
+    connect(None)
+    out = tempfile.mkdtemp(prefix="bench-pipeline-")
+    cfg = DatasetConfig(
+        audio=[str(f) for f in files], style_from_folder=True, out=out, batch_windows=batch
+    )
+    inputs = list_inputs(cfg.audio, [], style=None, style_from_folder=True, tier_midi=3)
+    checks = _start_checks(cfg)
+    # Warm the actors' imports with one file in a throwaway folder, then time the rest.
+    process_inputs(DatasetConfig(**{**cfg.__dict__, "out": tempfile.mkdtemp()}), inputs[:1], checks)
+    t0 = time.perf_counter()
+    process_inputs(cfg, inputs, checks)
+    seconds = time.perf_counter() - t0
+    ray.shutdown()
+    return seconds
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--audio", default="out/demo/corpus/audio", help="folder of WAVs (rendered if missing)"
+    )
+    ap.add_argument("--batch-windows", type=int, default=16)
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+
+    from midiforge import audio, registry
+
+    files = _files(args.audio)
+    model_path = str(registry.stock_model_path())
+    clips = [audio.load_for_transcription(f.read_bytes(), audio.AudioLimits()) for f in files]
+    total = sum(len(c) for c in clips) / audio.TRANSCRIPTION_SR
+    print(f"{len(files)} files, {total:.1f} s of audio, {os.cpu_count()} CPUs")
+
+    base = total / baseline(files, model_path)
+    ceil = total / ceiling(clips, model_path, args.batch_windows)
+    pipe = total / pipeline(files, args.batch_windows)
+    print(f"baseline  basic_pitch.predict, file by file   {base:8.1f} audio-s/wall-s")
+    print(f"ceiling   ONNX model alone, batched windows   {ceil:8.1f} audio-s/wall-s")
+    print(f"pipeline  Ray Data transcription path         {pipe:8.1f} audio-s/wall-s")
+    print(f"pipeline / baseline = {pipe / base:.2f}x (target >= 1.2)")
+    print(f"pipeline / ceiling  = {pipe / ceil:.2f}  (target >= 0.8)")
+
+
+if __name__ == "__main__":
+    main()

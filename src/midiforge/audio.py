@@ -1,0 +1,130 @@
+"""Decode, downmix, resample and validate audio; one error type with readable reasons.
+
+Decoding matches `librosa.load(path, sr=22050, mono=True)` step for step (libsndfile
+read, channel mean, soxr_hq resampling), which is what basic-pitch's own `predict()`
+does, so our transcriptions equal basic-pitch's on the same file. We decode from bytes
+so inputs can come from any pyarrow filesystem.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+from dataclasses import dataclass
+
+import numpy as np
+import soundfile as sf
+
+TRANSCRIPTION_SR = 22_050
+AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg")
+
+
+class AudioError(ValueError):
+    """An input that is not usable audio. `reason` is a stable code for reports."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass
+class AudioLimits:
+    min_seconds: float = 1.0  # shorter clips hold too few notes to validate
+    max_seconds: float = 1200.0  # one 20-minute input must not stall a worker
+    silence_dbfs: float = -60.0  # a peak below this is silence (or a dead channel)
+
+
+def _has_container_signature(data: bytes) -> bool:
+    """Starts like a WAV, FLAC or Ogg container, whose header a cut file can break.
+
+    MP3 is left out on purpose: it is a bare stream of frames (a cut one decodes shorter),
+    and its 11-bit frame sync turns up in random bytes often enough to mislead.
+    """
+    return data[:4] in (b"RIFF", b"RF64", b"fLaC", b"OggS")
+
+
+def _wav_declared_bytes(data: bytes) -> tuple[int, int] | None:
+    """(declared size, available size) of a RIFF/WAVE `data` chunk, if there is one."""
+    if len(data) < 12 or data[:4] not in (b"RIFF", b"RF64") or data[8:12] != b"WAVE":
+        return None
+    pos = 12
+    while pos + 8 <= len(data):
+        cid, size = data[pos : pos + 4], struct.unpack("<I", data[pos + 4 : pos + 8])[0]
+        if cid == b"data":
+            # 0xFFFFFFFF marks RF64 / streaming writers: size lives elsewhere, trust libsndfile.
+            return None if size == 0xFFFFFFFF else (size, len(data) - pos - 8)
+        pos += 8 + size + (size & 1)
+    return None
+
+
+def decode(data: bytes) -> tuple[np.ndarray, int]:
+    """Bytes of a wav/flac/mp3/ogg file -> (float32 array (channels, frames), sample rate)."""
+    if not data:
+        raise AudioError("empty", "the file has 0 bytes")
+    try:
+        info = sf.info(io.BytesIO(data))
+    except (sf.LibsndfileError, RuntimeError) as e:
+        msg = str(e).split(": ", 1)[-1]
+        if _has_container_signature(data):
+            raise AudioError("truncated", f"the header is incomplete or corrupt ({msg})") from None
+        raise AudioError("not_audio", f"not a recognised audio format ({msg})") from None
+    declared = _wav_declared_bytes(data)
+    if declared and declared[1] < declared[0]:
+        raise AudioError(
+            "truncated", f"WAV data chunk declares {declared[0]} bytes, file holds {declared[1]}"
+        )
+    try:
+        x, sr = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError) as e:
+        raise AudioError("truncated", f"decoding stopped early ({e})") from None
+    if x.shape[0] == 0:
+        raise AudioError("empty", f"{info.format} file with no samples")
+    return np.ascontiguousarray(x.T), int(sr)
+
+
+def check_finite(x: np.ndarray) -> None:
+    bad = ~np.isfinite(x)
+    if bad.any():
+        raise AudioError("nan_or_inf", f"{int(bad.sum())} NaN or infinite samples")
+
+
+def to_mono(x: np.ndarray, sr: int, target_sr: int = TRANSCRIPTION_SR) -> np.ndarray:
+    """(channels, frames) at `sr` -> float32 mono at `target_sr`, as librosa.load does."""
+    import librosa
+
+    y = librosa.to_mono(x) if x.shape[0] > 1 else x[0]
+    if sr != target_sr:
+        y = librosa.resample(y, orig_sr=sr, target_sr=target_sr, res_type="soxr_hq")
+    return np.ascontiguousarray(y, dtype=np.float32)
+
+
+def to_channels(x: np.ndarray, sr: int, target_sr: int, channels: int) -> np.ndarray:
+    """(channels, frames) -> (channels, frames) at `target_sr`: Demucs wants stereo 44.1 kHz."""
+    import librosa
+
+    if x.shape[0] != channels:
+        x = np.repeat(x.mean(axis=0, keepdims=True), channels, axis=0)
+    if sr != target_sr:
+        x = librosa.resample(x, orig_sr=sr, target_sr=target_sr, res_type="soxr_hq")
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def check_content(x: np.ndarray, sr: int, limits: AudioLimits) -> None:
+    seconds = x.shape[-1] / sr
+    if seconds < limits.min_seconds:
+        raise AudioError("too_short", f"{seconds:.2f} s < minimum {limits.min_seconds:g} s")
+    if seconds > limits.max_seconds:
+        raise AudioError("too_long", f"{seconds:.1f} s > maximum {limits.max_seconds:g} s")
+    peak = float(np.max(np.abs(x))) if x.size else 0.0
+    peak_db = 20 * np.log10(peak) if peak > 0 else -np.inf
+    if peak_db < limits.silence_dbfs:
+        raise AudioError("silence", f"peak {peak_db:.1f} dBFS < {limits.silence_dbfs:g} dBFS")
+
+
+def load_for_transcription(data: bytes, limits: AudioLimits) -> np.ndarray:
+    """Bytes -> validated float32 mono at 22,050 Hz, or AudioError with the reason."""
+    x, sr = decode(data)
+    check_finite(x)
+    check_content(x, sr, limits)
+    return to_mono(x, sr)

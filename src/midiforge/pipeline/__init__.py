@@ -1,0 +1,1 @@
+"""The dataset job on Ray Data: inputs -> stages -> split/augment -> Parquet + report."""

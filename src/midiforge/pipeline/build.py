@@ -1,0 +1,226 @@
+"""The dataset job: list inputs, run the per-input stages on Ray Data, then split,
+augment and write the dataset with its rejects, tokenizer, config and report."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from midiforge import config as cfgmod
+from midiforge.pipeline import report, schema, stages, work
+from midiforge.pipeline.config import DatasetConfig, StageCompute
+from midiforge.pipeline.inputs import Input, _filesystem, list_inputs
+from midiforge.pipeline.split import SPLITS, Expand, assign_splits
+
+log = logging.getLogger(__name__)
+
+
+def connect(address: str | None) -> None:
+    """Join Ray: an explicit address, the job's cluster, or a new local Ray on 127.0.0.1."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    if address:
+        ray.init(address=address)
+    elif os.environ.get("RAY_ADDRESS"):  # set by `ray job submit` and on cluster nodes
+        ray.init()
+    else:
+        # A local cluster advertises 127.0.0.1, never the machine's external address.
+        ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False)
+
+
+def _map(ds, fn, c: StageCompute, **kw):
+    """One map_batches call sized by config: a task pool for functions, an actor pool for
+    classes (autoscaling up to max_actors when that is larger than actors)."""
+    import ray
+
+    args: dict[str, Any] = {"batch_size": c.batch_size, "num_cpus": c.num_cpus}
+    if c.num_gpus:
+        args["num_gpus"] = c.num_gpus
+    if isinstance(fn, type):
+        hi = max(c.actors, c.max_actors)
+        args["compute"] = ray.data.ActorPoolStrategy(min_size=c.actors, max_size=hi)
+    return ds.map_batches(fn, **args, **kw)
+
+
+def _input_rows(inputs: list[Input]) -> list[dict[str, Any]]:
+    return [
+        {
+            "piece_id": i.piece_id,
+            "source_uri": i.source_uri,
+            "kind": i.kind,
+            "tier": i.tier,
+            "style": i.style,
+            "reference_uri": i.reference_uri,
+            "status": "ok",
+            "stage": "",
+            "reason": "",
+            "detail": "",
+        }
+        for i in inputs
+    ]
+
+
+def _start_checks(cfg: DatasetConfig) -> tuple[tuple[int, int] | None, str, str]:
+    """Everything that can fail before any work is scheduled fails here, fast."""
+    from midiforge import registry
+
+    sep_format = None
+    if cfg.separator != "none":
+        from midiforge import separation
+
+        separation.check_available(cfg.separator)
+        model = separation.load_model(cfg.separator)
+        sep_format = (int(model.samplerate), int(model.audio_channels))
+        if cfg.stem not in model.sources:
+            raise separation.SeparationError(
+                f"stem {cfg.stem!r} is not one of {', '.join(model.sources)}"
+            )
+    reg = registry.Registry(cfg.models_root)
+    manifest = reg.manifest(cfg.transcriber)
+    if manifest.kind != "transcriber":
+        raise registry.RegistryError(
+            f"model {cfg.transcriber!r} is a {manifest.kind}, not a transcriber"
+        )
+    model_path = str(reg.model_file(cfg.transcriber))
+    return sep_format, model_path, manifest.version
+
+
+def process_inputs(cfg: DatasetConfig, todo: list[Input], checks) -> None:
+    """Run the per-input stages over `todo`, writing results under OUT/_work/."""
+    import ray
+
+    sep_format, model_path, version = checks
+    c = cfg.compute
+    ds = ray.data.from_items(_input_rows(todo), override_num_blocks=max(1, len(todo) // 2))
+    ds = _map(
+        ds,
+        stages.load_inputs,
+        c.decode,
+        fn_kwargs={"limits": cfg.limits, "separator_format": sep_format},
+    )
+    if sep_format:
+        ds = _map(
+            ds,
+            stages.Separate,
+            c.separate,
+            fn_constructor_args=(
+                cfg.separator,
+                cfg.stem,
+                cfg.device,
+                cfg.segment_s,
+                int(c.separate.num_cpus),
+            ),
+        )
+    ds = _map(
+        ds,
+        stages.Transcribe,
+        c.transcribe,
+        fn_constructor_args=(model_path, cfg.device, cfg.batch_windows),
+    )
+    models = stages.models_json(cfg.separator, cfg.stem, cfg.transcriber, version)
+    ds = _map(
+        ds,
+        stages.Postprocess,
+        c.postprocess,
+        fn_constructor_args=(cfg.notes, cfg.validate, cfg.tokenizer, models),
+    )
+    ds = ds.map_batches(work.write_work, fn_kwargs={"out": cfg.out}, batch_size=None, num_cpus=0.25)
+    ds.materialize()
+
+
+def _write_dataset(cfg: DatasetConfig, splits: dict[str, str]) -> None:
+    import ray
+
+    fs, base = _filesystem(cfg.out)
+    target = f"{base}/dataset"
+    if fs.get_file_info(target).type != pafs.FileType.NotFound:
+        fs.delete_dir(target)  # a re-run writes the final dataset afresh
+    if not splits:
+        for split in SPLITS:
+            fs.create_dir(f"{target}/split={split}", recursive=True)
+            empty = schema.DATASET.empty_table().drop(["split"])
+            pq.write_table(empty, f"{target}/split={split}/part-0.parquet", filesystem=fs)
+        return
+    keep = [n for n in schema.WORK.names if n in schema.DATASET.names or n == "status"]
+    ds = ray.data.read_parquet(work.work_files(cfg.out), filesystem=fs, columns=keep)
+    ds = ds.filter(lambda r: r["status"] == "ok")
+    ds = _map(
+        ds,
+        Expand,
+        cfg.compute.augment,
+        fn_constructor_args=(splits, cfg.augment_splits, cfg.augment, cfg.tokenizer, cfg.seed),
+        batch_format="pyarrow",
+    )
+    ds.write_parquet(target, filesystem=fs, partition_cols=["split"])
+
+
+def build_dataset(cfg: DatasetConfig, address: str | None = None) -> dict[str, Any]:
+    """Run the whole job; returns report.json's content."""
+    from midiforge.symbolic.tokenize import make_tokenizer, save_tokenizer
+
+    started = time.perf_counter()
+    checks = _start_checks(cfg)
+    inputs = list_inputs(
+        cfg.audio,
+        cfg.midi,
+        style=cfg.style,
+        style_from_folder=cfg.style_from_folder,
+        tier_midi=cfg.tier_midi,
+        reference_midi=cfg.reference_midi,
+    )
+    fs, base = _filesystem(cfg.out)
+    fs.create_dir(base, recursive=True)
+    done = set(work.read_work(cfg.out, columns=["piece_id"]).column("piece_id").to_pylist())
+    todo = [i for i in inputs if i.piece_id not in done]
+    log.info(
+        "%d inputs, %d already done, %d to process", len(inputs), len(inputs) - len(todo), len(todo)
+    )
+    connect(address)
+    if todo:
+        process_inputs(cfg, todo, checks)
+    ids = {i.piece_id for i in inputs}
+    meta_cols = [n for n in schema.WORK.names if n not in ("midi", "tokens")]
+    meta = work.read_work(cfg.out, columns=meta_cols)
+    meta = meta.filter(pa.array([p in ids for p in meta.column("piece_id").to_pylist()]))
+    ok = meta.filter(pa.compute.equal(meta.column("status"), "ok"))
+    splits = assign_splits(
+        list(zip(ok.column("piece_id").to_pylist(), ok.column("tier").to_pylist(), strict=True)),
+        tuple(cfg.split),
+        cfg.seed,
+    )
+    _write_dataset(cfg, splits)
+    rejected = meta.filter(pa.compute.equal(meta.column("status"), "rejected"))
+    pq.write_table(
+        rejected.select(schema.REJECTS.names).cast(schema.REJECTS),
+        f"{base}/rejects.parquet",
+        filesystem=fs,
+    )
+    with fs.open_output_stream(f"{base}/config.yaml") as f:
+        f.write(_yaml(cfg).encode())
+    with tempfile.TemporaryDirectory() as tmp:  # MidiTok saves to a local path only
+        save_tokenizer(make_tokenizer(cfg.tokenizer), Path(tmp) / "tokenizer.json")
+        with fs.open_output_stream(f"{base}/tokenizer.json") as f:
+            f.write((Path(tmp) / "tokenizer.json").read_bytes())
+    rep = report.build_report(cfg, len(inputs), meta, time.perf_counter() - started)
+    with fs.open_output_stream(f"{base}/report.json") as f:
+        f.write(json.dumps(rep, indent=2).encode())
+    with fs.open_output_stream(f"{base}/report.md") as f:
+        f.write(report.markdown(rep).encode())
+    return rep
+
+
+def _yaml(cfg: DatasetConfig) -> str:
+    import yaml
+
+    return yaml.safe_dump(cfgmod.to_dict(cfg), sort_keys=False)

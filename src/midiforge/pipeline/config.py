@@ -1,0 +1,75 @@
+"""The dataset job's config. Compute sizing lives here (and in YAML), never in stage code."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from midiforge.audio import AudioLimits
+from midiforge.symbolic.augment import AugmentConfig
+from midiforge.symbolic.tokenize import TokenizerSettings
+from midiforge.symbolic.validate import ValidateConfig
+from midiforge.transcription.notes import NoteDecoding
+
+
+@dataclass
+class StageCompute:
+    """How one map_batches call is sized: rows per batch, actors (model stages), resources."""
+
+    batch_size: int = 4
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    actors: int = 1  # model stages only: a fixed-size actor pool
+    max_actors: int = 0  # >actors turns on autoscaling of the pool up to this size
+
+
+@dataclass
+class Compute:
+    decode: StageCompute = field(default_factory=lambda: StageCompute(batch_size=2))
+    separate: StageCompute = field(default_factory=lambda: StageCompute(batch_size=1))
+    transcribe: StageCompute = field(default_factory=lambda: StageCompute(batch_size=8))
+    postprocess: StageCompute = field(default_factory=lambda: StageCompute(batch_size=4))
+    augment: StageCompute = field(default_factory=lambda: StageCompute(batch_size=4))
+
+
+@dataclass
+class DatasetConfig:
+    audio: list[str] = field(default_factory=list)  # files or folders, local or any URI
+    midi: list[str] = field(default_factory=list)
+    out: str = "out/dataset"
+    style: str | None = None  # one style for every input...
+    style_from_folder: bool = False  # ...or each file's parent folder name
+    tier_midi: int = 3  # MIDI inputs: 1 gold, 3 bulk/synthetic (audio is always tier 2)
+    separator: str = "none"  # none | htdemucs (any Demucs name) | DIR:NAME
+    stem: str = "other"
+    transcriber: str = "stock"  # registry name
+    models_root: str | None = None  # registry root; default $MIDIFORGE_MODELS
+    reference_midi: list[str] = field(default_factory=list)  # matched to audio by file stem
+    seed: int = 0
+    split: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    augment_splits: list[str] = field(default_factory=lambda: ["train"])
+    device: str = "auto"  # onnxruntime / torch device for model stages: auto | cpu | cuda
+    batch_windows: int = 16  # basic-pitch windows per onnxruntime call
+    segment_s: float | None = None  # Demucs segment length; None = the model's own
+    limits: AudioLimits = field(default_factory=AudioLimits)
+    notes: NoteDecoding = field(default_factory=NoteDecoding)
+    validate: ValidateConfig = field(default_factory=ValidateConfig)
+    tokenizer: TokenizerSettings = field(default_factory=TokenizerSettings)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    compute: Compute = field(default_factory=Compute)
+
+    def validate_config(self) -> None:
+        from midiforge.config import ConfigError
+
+        if not self.audio and not self.midi:
+            raise ConfigError("give audio inputs (--audio), MIDI inputs (--midi), or both")
+        if self.tier_midi not in (1, 3):
+            raise ConfigError(f"tier_midi must be 1 (gold) or 3 (bulk), not {self.tier_midi}")
+        if self.style and self.style_from_folder:
+            raise ConfigError("--style and --style-from-folder exclude each other")
+        if len(self.split) != 3 or abs(sum(self.split) - 1) > 1e-6 or min(self.split) < 0:
+            raise ConfigError(
+                f"split must be three non-negative fractions summing to 1: {self.split}"
+            )
+        bad = set(self.augment_splits) - {"train", "val", "test"}
+        if bad:
+            raise ConfigError(f"augment_splits may name train, val, test; not {sorted(bad)}")

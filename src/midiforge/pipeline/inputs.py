@@ -1,0 +1,128 @@
+"""List the job's inputs from local paths or any pyarrow filesystem URI.
+
+Every file found becomes one input row; a file with an extension we do not read
+becomes a reject row at stage `list`, so `accepted + rejected == inputs` counts it.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import pyarrow.fs as pafs
+
+from midiforge.audio import AUDIO_EXTENSIONS
+
+MIDI_EXTENSIONS = (".mid", ".midi")
+
+
+@dataclass(frozen=True)
+class Input:
+    source_uri: str
+    kind: str  # "audio" | "midi" | "unknown"
+    tier: int
+    style: str
+    reference_uri: str = ""
+
+    @property
+    def piece_id(self) -> str:
+        return piece_id(self.source_uri)
+
+
+def piece_id(uri: str) -> str:
+    """Stable id of a source: the same file URI always gives the same id."""
+    return hashlib.sha256(uri.encode()).hexdigest()[:16]
+
+
+def _is_uri(s: str) -> bool:
+    return "://" in s
+
+
+@functools.lru_cache(maxsize=32)
+def _filesystem(root: str) -> tuple[pafs.FileSystem, str]:
+    if _is_uri(root):
+        return pafs.FileSystem.from_uri(root)
+    return pafs.LocalFileSystem(), str(Path(root).expanduser().resolve())
+
+
+def _join_uri(root: str, root_path: str, found: str) -> str:
+    """The URI of a file found under `root`, in the same form the user gave."""
+    if not _is_uri(root):
+        return found
+    scheme, rest = root.split("://", 1)
+    query = ("?" + rest.split("?", 1)[1]) if "?" in rest else ""
+    return f"{scheme}://{found}{query}"
+
+
+def list_files(root: str) -> list[str]:
+    """Every file under a folder (recursively), or the file itself, as URIs/paths."""
+    fs, path = _filesystem(root)
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.NotFound:
+        raise FileNotFoundError(f"input not found: {root}")
+    if info.type == pafs.FileType.File:
+        return [_join_uri(root, path, path)]
+    entries = fs.get_file_info(pafs.FileSelector(path, recursive=True))
+    files = sorted(e.path for e in entries if e.type == pafs.FileType.File)
+    # Hidden files (.DS_Store, editor swap files) are not inputs anyone meant to give.
+    files = [f for f in files if not PurePosixPath(f).name.startswith(".")]
+    return [_join_uri(root, path, f) for f in files]
+
+
+def read_bytes(uri: str) -> bytes:
+    """Whole file from a local path or a URI (filesystems are cached per bucket)."""
+    if not _is_uri(uri):
+        return Path(uri).read_bytes()
+    scheme, rest = uri.split("://", 1)
+    path, _, query = rest.partition("?")
+    bucket = path.split("/", 1)[0]
+    fs, _ = _filesystem(f"{scheme}://{bucket}" + (f"?{query}" if query else ""))
+    with fs.open_input_stream(path) as f:
+        return f.read()
+
+
+def _name(uri: str) -> PurePosixPath:
+    return PurePosixPath(uri.split("://", 1)[-1].split("?", 1)[0])
+
+
+def _style_for(uri: str, style: str | None, from_folder: bool) -> str:
+    if from_folder:
+        return _name(uri).parent.name or "unknown"
+    return style or "unknown"
+
+
+def list_inputs(
+    audio: list[str],
+    midi: list[str],
+    *,
+    style: str | None,
+    style_from_folder: bool,
+    tier_midi: int,
+    reference_midi: list[str] | None = None,
+) -> list[Input]:
+    """All inputs in a stable order, with reference MIDI matched to audio by file stem."""
+    refs: dict[str, str] = {}
+    for root in reference_midi or []:
+        for f in list_files(root):
+            if _name(f).suffix.lower() in MIDI_EXTENSIONS:
+                refs.setdefault(_name(f).stem, f)
+    # A file may be found under both flags (one folder of mixed files given as --audio
+    # and --midi): its extension decides what it is, the flags only say where to look.
+    found: dict[str, set[str]] = {}
+    for roots, flag in ((audio, "audio"), (midi, "midi")):
+        for root in roots:
+            for f in list_files(root):
+                found.setdefault(f, set()).add(flag)
+    out: list[Input] = []
+    for f, flags in found.items():
+        ext = _name(f).suffix.lower()
+        st = _style_for(f, style, style_from_folder)
+        if ext in AUDIO_EXTENSIONS and "audio" in flags:
+            out.append(Input(f, "audio", 2, st, refs.get(_name(f).stem, "")))
+        elif ext in MIDI_EXTENSIONS and "midi" in flags:
+            out.append(Input(f, "midi", tier_midi, st))
+        else:
+            out.append(Input(f, "unknown", 2 if "audio" in flags else tier_midi, st))
+    return out

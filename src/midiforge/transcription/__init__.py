@@ -1,0 +1,1 @@
+"""basic-pitch transcription: ONNX runner (windows batched across files), note decoding."""

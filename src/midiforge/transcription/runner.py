@@ -1,0 +1,101 @@
+"""Run a basic-pitch ONNX model on many clips at once.
+
+Every clip is cut into basic-pitch's overlapping windows; windows from all clips are
+stacked and run through onnxruntime in batches of `batch_windows`, then split back per
+clip and unwrapped exactly as `basic_pitch.inference.unwrap_output` does. Batching
+across files is what keeps the model busy when clips are short.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from midiforge.transcription import constants as bp
+
+log = logging.getLogger(__name__)
+
+
+def windows(audio: np.ndarray) -> np.ndarray:
+    """float32 mono at 22,050 Hz -> (n_windows, AUDIO_N_SAMPLES, 1), as basic-pitch frames it."""
+    padded = np.concatenate(
+        [np.zeros(bp.OVERLAP_SAMPLES // 2, np.float32), audio.astype(np.float32)]
+    )
+    starts = range(0, padded.shape[0], bp.HOP_SAMPLES)
+    out = np.zeros((len(starts), bp.AUDIO_N_SAMPLES, 1), np.float32)
+    for k, i in enumerate(starts):
+        chunk = padded[i : i + bp.AUDIO_N_SAMPLES]
+        out[k, : len(chunk), 0] = chunk
+    return out
+
+
+def unwrap(output: np.ndarray, n_samples: int) -> np.ndarray:
+    """(n_windows, 172, F) -> (n_frames, F) for a clip of `n_samples` at 22,050 Hz."""
+    half = bp.N_OVERLAP_FRAMES // 2
+    output = output[:, half:-half, :]
+    n_frames = int(np.floor(n_samples * (bp.ANNOTATIONS_FPS / bp.AUDIO_SAMPLE_RATE)))
+    return output.reshape(-1, output.shape[-1])[:n_frames]
+
+
+def providers_for(device: str) -> list[str]:
+    """onnxruntime providers for device 'auto' | 'cpu' | 'cuda'."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if device == "cuda" and "CUDAExecutionProvider" not in available:
+        raise RuntimeError("device 'cuda' asked for, but onnxruntime has no CUDA provider here")
+    if device in ("cuda", "auto") and "CUDAExecutionProvider" in available:
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+class OnnxTranscriber:
+    """One onnxruntime session (what a Ray Data actor holds) for a basic-pitch-shaped model."""
+
+    def __init__(
+        self,
+        model_path: str | Path,
+        device: str = "auto",
+        batch_windows: int = 16,
+        intra_op_threads: int = 0,
+    ) -> None:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        # 0 lets onnxruntime use every core it is given; Ray sets the actor's CPU share.
+        opts.intra_op_num_threads = intra_op_threads
+        self.session = ort.InferenceSession(str(model_path), opts, providers=providers_for(device))
+        names = {o.name for o in self.session.get_outputs()}
+        missing = set(bp.OUTPUT_NAMES.values()) - names
+        if missing or self.session.get_inputs()[0].name != bp.INPUT_NAME:
+            raise ValueError(
+                f"{model_path} is not a basic-pitch-shaped model: expected input {bp.INPUT_NAME} "
+                f"and outputs {sorted(bp.OUTPUT_NAMES.values())}"
+            )
+        self.batch_windows = max(1, batch_windows)
+        self._keys = list(bp.OUTPUT_NAMES)
+        self._outputs = [bp.OUTPUT_NAMES[k] for k in self._keys]
+
+    def run_windows(self, win: np.ndarray) -> dict[str, np.ndarray]:
+        """(n, AUDIO_N_SAMPLES, 1) -> {'note','onset','contour'}: (n, 172, F) each."""
+        parts: dict[str, list[np.ndarray]] = {k: [] for k in self._keys}
+        for i in range(0, win.shape[0], self.batch_windows):
+            res = self.session.run(self._outputs, {bp.INPUT_NAME: win[i : i + self.batch_windows]})
+            for k, r in zip(self._keys, res, strict=True):
+                parts[k].append(r)
+        return {k: np.concatenate(v) for k, v in parts.items()}
+
+    def __call__(self, clips: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
+        """Model outputs per clip: {'note': (T, 88), 'onset': (T, 88), 'contour': (T, 264)}."""
+        if not clips:
+            return []
+        wins = [windows(c) for c in clips]
+        out = self.run_windows(np.concatenate(wins))
+        results, pos = [], 0
+        for clip, w in zip(clips, wins, strict=True):
+            n = w.shape[0]
+            results.append({k: unwrap(v[pos : pos + n], clip.shape[0]) for k, v in out.items()})
+            pos += n
+        return results

@@ -1,0 +1,83 @@
+"""Decoding and validation: every kind of bad file gets its own readable reason."""
+
+import io
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from midiforge import audio
+
+SR = 22_050
+
+
+def wav(x: np.ndarray, sr: int = SR, subtype: str = "PCM_16", fmt: str = "WAV") -> bytes:
+    buf = io.BytesIO()
+    sf.write(buf, x.T if x.ndim == 2 else x, sr, subtype=subtype, format=fmt)
+    return buf.getvalue()
+
+
+def tone(seconds=2.0, sr=SR, channels=1):
+    t = np.arange(int(seconds * sr)) / sr
+    x = 0.5 * np.sin(2 * np.pi * 440 * t).astype(np.float32)
+    return np.tile(x, (channels, 1)) if channels > 1 else x
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"", "empty"),
+        (b"this is a text file, not audio\n" * 10, "not_audio"),
+        (np.random.default_rng(0).bytes(4096), "not_audio"),
+        (bytes.fromhex("ffe42279") + bytes(4000), "not_audio"),  # an MPEG frame sync, then junk
+        (wav(tone())[: len(wav(tone())) // 2], "truncated"),
+        (wav(tone())[:30], "truncated"),
+        (wav(tone(), fmt="FLAC", subtype="PCM_16")[:3000], "truncated"),
+    ],
+)
+def test_decode_rejects_with_reason(data, reason):
+    with pytest.raises(audio.AudioError) as e:
+        audio.decode(data)
+    assert e.value.reason == reason
+
+
+@pytest.mark.parametrize("fmt", ["WAV", "FLAC", "MP3", "OGG"])
+def test_formats_decode(fmt):
+    subtype = {"WAV": "PCM_16", "FLAC": "PCM_16", "MP3": "MPEG_LAYER_III", "OGG": "VORBIS"}[fmt]
+    x, sr = audio.decode(wav(tone(), fmt=fmt, subtype=subtype))
+    assert sr == SR and x.shape[0] == 1
+    assert abs(x.shape[1] - 2 * SR) < 0.1 * SR
+
+
+def test_nan_silence_length_limits():
+    limits = audio.AudioLimits(min_seconds=1.0, max_seconds=5.0)
+    x = tone()[None]
+    x[0, 100] = np.nan
+    with pytest.raises(audio.AudioError, match="nan_or_inf"):
+        audio.check_finite(x)
+    with pytest.raises(audio.AudioError, match="silence"):
+        audio.check_content(np.zeros((1, 3 * SR), np.float32), SR, limits)
+    with pytest.raises(audio.AudioError, match="too_short"):
+        audio.check_content(tone(0.5)[None], SR, limits)
+    with pytest.raises(audio.AudioError, match="too_long"):
+        audio.check_content(tone(6.0)[None], SR, limits)
+
+
+def test_odd_formats_become_mono_22050():
+    six = tone(2.0, sr=96_000, channels=6)
+    x, sr = audio.decode(wav(six, sr=96_000))
+    assert x.shape == (6, 192_000) and sr == 96_000
+    y = audio.to_mono(x, sr)
+    assert y.dtype == np.float32 and abs(len(y) - 2 * SR) <= 1
+    spec = np.abs(np.fft.rfft(y))
+    assert abs(np.fft.rfftfreq(len(y), 1 / SR)[np.argmax(spec)] - 440) < 2
+
+
+def test_matches_librosa_load(tmp_path):
+    import librosa
+
+    path = tmp_path / "x.wav"
+    path.write_bytes(wav(tone(3.0, sr=44_100, channels=2), sr=44_100))
+    ours = audio.load_for_transcription(path.read_bytes(), audio.AudioLimits())
+    theirs, _ = librosa.load(str(path), sr=SR, mono=True)
+    np.testing.assert_array_equal(ours, theirs)

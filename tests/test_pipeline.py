@@ -1,0 +1,240 @@
+"""The dataset job on a local Ray (one per test session): end to end, broken inputs,
+the tiny-Demucs path and fail-fast start-up checks."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+import pytest
+import soundfile as sf
+
+from midiforge import cli, midi_io
+from midiforge.pipeline import schema
+from midiforge.pipeline.build import build_dataset
+from midiforge.pipeline.config import DatasetConfig
+
+pytestmark = pytest.mark.usefixtures("ray_local")
+
+
+def read_dataset(out: Path):
+    return pads.dataset(out / "dataset", format="parquet", partitioning="hive").to_table()
+
+
+def check_contracts(out: Path, rep: dict) -> None:
+    assert rep["accepted"] + rep["rejected"] == rep["inputs"]
+    for name in ("rejects.parquet", "tokenizer.json", "config.yaml", "report.json", "report.md"):
+        assert (out / name).is_file(), name
+    assert pq.read_schema(out / "rejects.parquet").names == schema.REJECTS.names
+    assert len(pq.read_table(out / "rejects.parquet")) == rep["rejected"]
+    assert json.loads((out / "report.json").read_text()) == rep
+
+
+@pytest.fixture(scope="module")
+def built(tiny_corpus, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ds")
+    argv = [
+        "dataset", "build",
+        "--audio", str(tiny_corpus / "audio"),
+        "--midi", str(tiny_corpus / "midi"),
+        "--style-from-folder",
+        "--reference-midi", str(tiny_corpus / "midi"),
+        "--out", str(out),
+        "--seed", "3",
+        "--compute.transcribe.batch_size=4",
+    ]  # fmt: skip
+    assert cli.main(argv) == 0
+    return out, json.loads((out / "report.json").read_text())
+
+
+def test_end_to_end_contracts(built, capsys):
+    out, rep = built
+    check_contracts(out, rep)
+    assert rep["inputs"] == 12  # 6 renders + their 6 MIDI files as tier 3
+    assert set(rep["transcription"]) == {"fiddle", "folk", "quartet"}
+    assert rep["transcription"]["fiddle"]["f1"] > 0.8  # basic-pitch on TimGM6mb violin
+    assert rep["by_tier"]["2"]["inputs"] == 6 and rep["by_tier"]["3"]["inputs"] == 6
+    table = read_dataset(out)
+    assert set(table.column("split").to_pylist()) <= {"train", "val", "test"}
+    names = set(table.schema.names)
+    assert set(schema.DATASET.names) <= names
+    assert len(table) == rep["rows"]
+    for r in table.slice(0, 20).to_pylist():
+        assert r["tokens"] and midi_io.load_midi(r["midi"]).instruments
+        json.loads(r["augmentation"]) and json.loads(r["models"])
+
+
+def test_splits_and_augmentation(built):
+    out, _rep = built
+    table = read_dataset(out).to_pylist()
+    split_of: dict[str, set[str]] = {}
+    for r in table:
+        split_of.setdefault(r["piece_id"], set()).add(r["split"])
+    assert all(len(s) == 1 for s in split_of.values())  # no piece crosses splits
+    train = [r for r in table if r["split"] == "train"]
+    augmented = [r for r in train if json.loads(r["augmentation"])["transpose"] != 0]
+    assert augmented
+    others = [r for r in table if r["split"] != "train"]
+    assert all(json.loads(r["augmentation"]) == {"transpose": 0, "tempo_scale": 1.0,
+               "velocity_delta": 0, "octave": 0} for r in others)  # fmt: skip
+    for r in augmented[:5]:
+        base = next(b for b in table if b["piece_id"] == r["piece_id"]
+                    and json.loads(b["augmentation"])["transpose"] == 0
+                    and json.loads(b["augmentation"])["octave"] == 0)  # fmt: skip
+        aug = json.loads(r["augmentation"])
+        shift = aug["transpose"] + 12 * aug["octave"]
+        assert r["pitch_min"] == base["pitch_min"] + shift
+
+
+def test_same_seed_same_dataset(built, tiny_corpus, tmp_path):
+    out, _ = built
+    cfg = json.loads((out / "report.json").read_text())
+    again = build_dataset(
+        DatasetConfig(
+            audio=[str(tiny_corpus / "audio")],
+            midi=[str(tiny_corpus / "midi")],
+            style_from_folder=True,
+            reference_midi=[str(tiny_corpus / "midi")],
+            out=str(tmp_path),
+            seed=3,
+        )
+    )
+    assert again["by_split"] == cfg["by_split"]
+    a = sorted(
+        (r["piece_id"], r["split"], r["augmentation"]) for r in read_dataset(out).to_pylist()
+    )
+    b = sorted(
+        (r["piece_id"], r["split"], r["augmentation"]) for r in read_dataset(tmp_path).to_pylist()
+    )
+    assert a == b
+
+
+def _wav(x: np.ndarray, sr: int, subtype="PCM_16") -> bytes:
+    buf = io.BytesIO()
+    sf.write(buf, x.T if x.ndim == 2 else x, sr, subtype=subtype, format="WAV")
+    return buf.getvalue()
+
+
+def test_broken_inputs_are_rejected_and_counted(tiny_corpus, tmp_path):
+    import librosa
+
+    good_wav = next((tiny_corpus / "audio" / "fiddle").glob("*.wav"))
+    good_mid = next((tiny_corpus / "midi" / "fiddle").glob("*.mid"))
+    x, sr = sf.read(good_wav, dtype="float32")
+    bad = tmp_path / "inputs"
+    bad.mkdir()
+    full = _wav(x, sr)
+    files = {
+        "empty.wav": b"",
+        "truncated.wav": full[: len(full) // 3],
+        "random.wav": np.random.default_rng(1).bytes(20_000),
+        "text.wav": b"not audio at all\n" * 100,
+        "nan.wav": _wav(
+            np.where(np.arange(len(x)) == 500, np.nan, x).astype(np.float32), sr, "FLOAT"
+        ),
+        "silence.wav": _wav(np.zeros(sr * 3, np.float32), sr),
+        "short.wav": _wav(x[: sr // 4], sr),
+        "six-channel-96k.wav": _wav(
+            np.tile(librosa.resample(x, orig_sr=sr, target_sr=96_000), (6, 1)), 96_000
+        ),
+        "mono-8k.wav": _wav(librosa.resample(x, orig_sr=sr, target_sr=8_000), 8_000),
+        "Ünïcødé façade tune.wav": full,
+        "  spaced   name  .wav": full,
+        "notes.txt": b"hello",
+        "empty.mid": b"",
+        "corrupt.mid": np.random.default_rng(2).bytes(300),
+        "noteless.mid": midi_io.midi_bytes(midi_io.midi_from_notes(np.zeros((0, 4)))),
+        "good.mid": good_mid.read_bytes(),
+    }
+    for name, data in files.items():
+        (bad / name).write_bytes(data)
+    out = tmp_path / "out"
+    # The quartet profile's lenient polyphony/range rules keep this test about decoding:
+    # the valid odd formats must come through and pass, whatever their musical content.
+    rep = build_dataset(
+        DatasetConfig(audio=[str(bad)], midi=[str(bad)], style="quartet", out=str(out))
+    )
+    check_contracts(out, rep)
+    # MIDI files are listed once (as MIDI); the .txt file once, as unsupported.
+    assert rep["inputs"] == len(files)
+    rejects = {
+        Path(r["source_uri"]).name: r for r in pq.read_table(out / "rejects.parquet").to_pylist()
+    }
+    expected = {
+        "empty.wav": "empty",
+        "truncated.wav": "truncated",
+        "random.wav": "not_audio",
+        "text.wav": "not_audio",
+        "nan.wav": "nan_or_inf",
+        "silence.wav": "silence",
+        "short.wav": "too_short",
+        "notes.txt": "unsupported_extension",
+        "empty.mid": "midi_unreadable",
+        "corrupt.mid": "midi_unreadable",
+        "noteless.mid": "too_few_notes",
+    }
+    for name, reason in expected.items():
+        assert rejects[name]["reason"] == reason, (name, rejects.get(name))
+    accepted = {
+        "six-channel-96k.wav",
+        "mono-8k.wav",
+        "Ünïcødé façade tune.wav",
+        "  spaced   name  .wav",
+        "good.mid",
+    }
+    assert not accepted & set(rejects), {n: rejects[n]["reason"] for n in accepted & set(rejects)}
+    assert rep["accepted"] == len(accepted)
+
+
+def test_tiny_demucs_through_the_real_loader(tiny_corpus, tmp_path):
+    from midiforge.separation import make_debug_repo
+
+    repo = make_debug_repo(tmp_path / "demucs", name="debug")
+    out = tmp_path / "out"
+    wavs = sorted((tiny_corpus / "audio" / "fiddle").glob("*.wav"))[:1]
+    rep = build_dataset(
+        DatasetConfig(
+            audio=[str(w) for w in wavs],
+            style="fiddle",
+            out=str(out),
+            separator=f"{repo}:debug",
+            stem="other",
+        )
+    )
+    check_contracts(out, rep)
+    assert rep["inputs"] == 1
+    models = json.loads(pq.read_table(out / "_work").column("models")[0].as_py())
+    assert models["separator"] == {"name": f"{repo}:debug", "stem": "other"}
+    rejects = pq.read_table(out / "rejects.parquet").to_pylist()
+    # A random Demucs outputs noise-like audio: the job must finish with the row accounted
+    # for, accepted or rejected by validation, never failing in separation itself.
+    assert all(r["stage"] != "separate" for r in rejects)
+
+
+def test_offline_separator_name_fails_fast(tmp_path, monkeypatch, tiny_corpus):
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("MIDIFORGE_OFFLINE", "1")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    # demucs 4.1 looks in the Hugging Face cache first: empty that too.
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    started = time.monotonic()
+    argv = ["dataset", "build", "--audio", str(tiny_corpus / "audio"), "--out", str(tmp_path / "o"),
+            "--separator", "htdemucs"]  # fmt: skip
+    assert cli.main(argv) == 2
+    assert time.monotonic() - started < 15
+    assert not (tmp_path / "o" / "_work").exists()  # nothing was scheduled
+
+
+def test_bad_stem_and_unknown_transcriber_fail_fast(tmp_path, tiny_corpus, capsys):
+    argv = ["dataset", "build", "--audio", str(tiny_corpus / "audio"), "--out", str(tmp_path / "o"),
+            "--transcriber", "no-such-model"]  # fmt: skip
+    assert cli.main(argv) == 2
+    assert "no model named 'no-such-model'" in capsys.readouterr().err
+    assert cli.main(["dataset", "build", "--out", str(tmp_path / "o")]) == 2
+    assert "give audio inputs" in capsys.readouterr().err

@@ -1,0 +1,184 @@
+"""The dataset job as users run it: killed and resumed, and submitted to a Ray head with
+`ray job submit`. Both start real processes on 127.0.0.1 and clean them up."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+import pytest
+
+from midiforge.pipeline import work
+from midiforge.pipeline.build import build_dataset
+from midiforge.pipeline.config import DatasetConfig
+
+from .conftest import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def rows(out: Path) -> list[tuple]:
+    table = pads.dataset(out / "dataset", format="parquet", partitioning="hive").to_table()
+    return sorted(
+        (r["piece_id"], r["split"], r["augmentation"], tuple(r["tokens"]), r["midi"])
+        for r in table.to_pylist()
+    )
+
+
+def rejects(out: Path) -> list[tuple]:
+    return sorted(tuple(r.values()) for r in pq.read_table(out / "rejects.parquet").to_pylist())
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_killed_run_resumes_to_the_same_dataset(tiny_corpus, tmp_path):
+    common = ["--audio", str(tiny_corpus / "audio"), "--midi", str(tiny_corpus / "midi"),
+              "--style-from-folder", "--seed", "5"]  # fmt: skip
+    one_at_a_time = [f"--compute.{s}.batch_size=1" for s in ("decode", "transcribe", "postprocess")]
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(
+        [str(BIN / "midiforge"), "dataset", "build", *common, "--out", str(killed), *one_at_a_time],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # its own process group: the kill takes its local Ray too
+        env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"},
+    )
+    deadline = time.monotonic() + 240
+    while not work.work_files(str(killed)):
+        assert proc.poll() is None, "the run ended before any input finished"
+        assert time.monotonic() < deadline, "no input finished in time"
+        time.sleep(0.2)
+    _kill_group(proc)
+    # Workers already inside a batch when the driver died finish writing it (for well
+    # under a second), then exit: wait for the folder to go quiet before resuming.
+    finished, quiet_since = work.work_files(str(killed)), time.monotonic()
+    while time.monotonic() - quiet_since < 3:
+        time.sleep(0.2)
+        now = work.work_files(str(killed))
+        if now != finished:
+            finished, quiet_since = now, time.monotonic()
+    before = {p: Path(p).read_bytes() for p in finished}
+    assert not (killed / "report.json").exists()  # it really died midway
+
+    cfg = {"audio": [str(tiny_corpus / "audio")], "midi": [str(tiny_corpus / "midi")],
+           "style_from_folder": True, "seed": 5}  # fmt: skip
+    rep = build_dataset(DatasetConfig(out=str(killed), **cfg))
+    for p, data in before.items():  # finished inputs were not redone
+        assert Path(p).read_bytes() == data
+    ids = pq.read_table(killed / work.WORK_DIR, columns=["piece_id"]).column("piece_id").to_pylist()
+    assert len(ids) == len(set(ids)) == rep["inputs"]
+
+    fresh = tmp_path / "fresh"
+    rep_fresh = build_dataset(DatasetConfig(out=str(fresh), **cfg))
+    assert {k: v for k, v in rep.items() if k != "elapsed_seconds"} == {
+        k: v for k, v in rep_fresh.items() if k != "elapsed_seconds"
+    }
+    assert rows(killed) == rows(fresh)
+    assert rejects(killed) == rejects(fresh)
+
+
+def _wait_http(url: str, proc: subprocess.Popen, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2):  # noqa: S310 - loopback URL we built
+                return
+        except urllib.error.HTTPError:
+            return  # it answered (401 when Ray's token auth is on, the default since 2.52)
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{url} did not come up") from None
+            time.sleep(0.5)
+
+
+def test_ray_job_submit_from_a_laptop(tiny_corpus, tmp_path):
+    ports = {name: free_port() for name in ("gcs", "dash", "agent", "client", "metrics")}
+    temp = tempfile.mkdtemp(prefix="rt-", dir="/tmp")  # short: Ray's socket paths are limited
+    # Ray >= 2.52 makes `ray start` require a token (written to ~/.ray/auth_token); the
+    # client sends it only in token mode.
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "RAY_USAGE_STATS_ENABLED": "0",
+           "RAY_AUTH_MODE": "token"}  # fmt: skip
+    env.pop("RAY_ADDRESS", None)
+    head = subprocess.Popen(
+        [
+            str(BIN / "ray"),
+            "start",
+            "--head",
+            "--block",
+            "--node-ip-address=127.0.0.1",
+            f"--port={ports['gcs']}",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={ports['dash']}",
+            f"--dashboard-agent-listen-port={ports['agent']}",
+            f"--ray-client-server-port={ports['client']}",
+            f"--metrics-export-port={ports['metrics']}",
+            "--num-cpus=2",
+            f"--temp-dir={temp}",
+            "--include-dashboard=true",
+            "--disable-usage-stats",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        env=env,
+    )
+    try:
+        address = f"http://127.0.0.1:{ports['dash']}"
+        _wait_http(f"{address}/api/version", head, 120)
+        out = tmp_path / "out"
+        wavs = sorted((tiny_corpus / "audio" / "fiddle").glob("*.wav"))
+        submit = subprocess.run(
+            [
+                str(BIN / "ray"),
+                "job",
+                "submit",
+                "--address",
+                address,
+                "--working-dir",
+                str(ROOT),
+                "--",
+                "python",
+                "jobs/build_dataset.py",
+                "--audio",
+                *map(str, wavs),
+                "--style",
+                "fiddle",
+                "--out",
+                str(out),
+                "--seed",
+                "1",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=400,
+            env=env,
+            check=False,
+        )
+        assert submit.returncode == 0, submit.stdout[-3000:] + submit.stderr[-3000:]
+        assert "succeeded" in submit.stdout
+        rep = json.loads((out / "report.json").read_text())
+        assert rep["inputs"] == len(wavs)
+        assert rep["accepted"] + rep["rejected"] == rep["inputs"]
+        assert "dataset:" in submit.stdout  # the job's own summary came back in its logs
+    finally:
+        head.send_signal(signal.SIGTERM)  # `ray start --block` stops its processes on SIGTERM
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            head.wait(timeout=60)
+        _kill_group(head)

@@ -1,0 +1,55 @@
+"""The ONNX runner with windows batched across files equals basic-pitch's own predict()."""
+
+import numpy as np
+import pytest
+
+from midiforge import audio, registry
+from midiforge.transcription import constants as bp
+from midiforge.transcription.notes import NoteDecoding, decode_notes
+from midiforge.transcription.runner import OnnxTranscriber, unwrap, windows
+
+
+def test_windows_cover_the_clip_like_basic_pitch():
+    x = np.arange(100_000, dtype=np.float32)
+    w = windows(x)
+    assert w.shape[1:] == (bp.AUDIO_N_SAMPLES, 1)
+    assert w.shape[0] == int(np.ceil((len(x) + bp.OVERLAP_SAMPLES // 2) / bp.HOP_SAMPLES))
+    assert np.all(w[0, : bp.OVERLAP_SAMPLES // 2, 0] == 0)  # basic-pitch's half-overlap pad
+    assert w[0, bp.OVERLAP_SAMPLES // 2, 0] == 0 and w[0, bp.OVERLAP_SAMPLES // 2 + 1, 0] == 1
+    frames = unwrap(np.zeros((w.shape[0], bp.FRAMES_PER_WINDOW, 88), np.float32), len(x))
+    assert frames.shape == (int(len(x) * bp.ANNOTATIONS_FPS / bp.AUDIO_SAMPLE_RATE), 88)
+
+
+@pytest.mark.parametrize(("onset", "frame"), [(0.5, 0.3), (0.6, 0.4)])
+def test_notes_equal_basic_pitch_predict(tiny_corpus, onset, frame):
+    from basic_pitch.inference import Model, predict
+
+    files = sorted((tiny_corpus / "audio").rglob("*.wav"))[:4]
+    runner = OnnxTranscriber(registry.stock_model_path(), device="cpu", batch_windows=7)
+    clips = [audio.load_for_transcription(f.read_bytes(), audio.AudioLimits()) for f in files]
+    outputs = runner(clips)  # all four files' windows in shared batches of 7
+    model = Model(str(registry.stock_model_path()))
+    cfg = NoteDecoding(onset_threshold=onset, frame_threshold=frame)
+    for f, out in zip(files, outputs, strict=True):
+        theirs_out, _, events = predict(str(f), model, onset_threshold=onset, frame_threshold=frame)
+        for k in ("note", "onset", "contour"):
+            np.testing.assert_allclose(out[k], theirs_out[k], atol=1e-5)
+        ours = decode_notes(out, cfg)
+        theirs = np.array(sorted((s, e, p, round(127 * a)) for s, e, p, a, _ in events))
+        theirs = theirs[np.lexsort((theirs[:, 2], theirs[:, 0]))]
+        assert len(ours) > 10
+        np.testing.assert_array_equal(ours, theirs)
+
+
+def test_not_a_basic_pitch_model_is_refused(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g", [x], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9  # onnx 1.23 writes IR 14; onnxruntime 1.31 reads up to 13
+    onnx.save(model, tmp_path / "other.onnx")
+    with pytest.raises(ValueError, match="not a basic-pitch-shaped model"):
+        OnnxTranscriber(tmp_path / "other.onnx")
