@@ -126,7 +126,12 @@ def process_inputs(cfg: DatasetConfig, todo: list[Input], checks) -> None:
         ds,
         stages.Transcribe,
         c.transcribe,
-        fn_constructor_args=(model_path, cfg.device, cfg.batch_windows),
+        fn_constructor_args=(
+            model_path,
+            cfg.device,
+            cfg.batch_windows,
+            max(1, int(c.transcribe.num_cpus)),
+        ),
     )
     models = stages.models_json(cfg.separator, cfg.stem, cfg.transcriber, version)
     ds = _map(

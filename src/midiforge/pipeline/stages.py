@@ -9,6 +9,7 @@ which Arrow carries unchanged whatever the lengths.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from typing import Any
@@ -165,10 +166,14 @@ def transcribe(batch: Batch, transcriber) -> Batch:
 class Transcribe:
     """map_batches wrapper: one onnxruntime session per actor."""
 
-    def __init__(self, model_path: str, device: str, batch_windows: int) -> None:
+    def __init__(self, model_path: str, device: str, batch_windows: int, threads: int) -> None:
         from midiforge.transcription.runner import OnnxTranscriber
 
-        self.transcriber = OnnxTranscriber(model_path, device=device, batch_windows=batch_windows)
+        # One onnxruntime thread per CPU that Ray reserved for this actor: its default of
+        # one per core would compete with the decode tasks running beside it.
+        self.transcriber = OnnxTranscriber(
+            model_path, device=device, batch_windows=batch_windows, intra_op_threads=threads
+        )
 
     def __call__(self, batch: Batch) -> Batch:
         return transcribe(batch, self.transcriber)
@@ -241,7 +246,12 @@ def postprocess(batch: Batch, note_cfg, validate_cfg, tokenizer, models_json: st
             r[k] = b""
         if r["status"] != "ok":
             continue
-        stats, reason, detail = validate.assess(r["midi"], validate_cfg.for_style(r["style"]))
+        vcfg = validate_cfg.for_style(r["style"])
+        if r["kind"] == "audio":
+            vcfg = dataclasses.replace(
+                vcfg, overlap_tolerance_s=vcfg.overlap_tolerance_transcribed_s
+            )
+        stats, reason, detail = validate.assess(r["midi"], vcfg)
         if stats:
             r.update({k: stats[k] for k in STAT_KEYS})
         if reason:

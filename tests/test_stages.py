@@ -1,0 +1,122 @@
+"""Each pipeline stage as a pure function on a batch, without Ray."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from midiforge import audio, registry
+from midiforge.pipeline import schema, split, stages, work
+from midiforge.pipeline.config import DatasetConfig
+from midiforge.symbolic.tokenize import make_tokenizer
+from midiforge.transcription.runner import OnnxTranscriber
+
+
+def input_batch(paths: list[str], kind: str, style: str = "fiddle", refs=None) -> stages.Batch:
+    rows = [
+        {
+            "piece_id": f"{i:016x}",
+            "source_uri": p,
+            "kind": kind,
+            "tier": 2 if kind == "audio" else 3,
+            "style": style,
+            "reference_uri": (refs or {}).get(p, ""),
+            "status": "ok",
+            "stage": "",
+            "reason": "",
+            "detail": "",
+        }
+        for i, p in enumerate(paths)
+    ]
+    return stages.batch_of(rows)
+
+
+@pytest.fixture(scope="module")
+def through_postprocess(tiny_corpus):
+    wavs = sorted(str(p) for p in (tiny_corpus / "audio" / "fiddle").glob("*.wav"))
+    refs = {w: w.replace("/audio/", "/midi/").replace(".wav", ".mid") for w in wavs}
+    cfg = DatasetConfig()
+    # One of the two tunes spans 9 semitones in 8 s; this fixture is about mechanics.
+    cfg.validate.min_range_semitones = 7
+    b = stages.load_inputs(input_batch(wavs, "audio", refs=refs), cfg.limits)
+    b = stages.transcribe(b, OnnxTranscriber(registry.stock_model_path(), device="cpu"))
+    return stages.postprocess(b, cfg.notes, cfg.validate, make_tokenizer(cfg.tokenizer), "{}")
+
+
+def test_audio_rows_come_out_transcribed_validated_tokenized(through_postprocess):
+    rows = stages.rows_of(through_postprocess)
+    assert len(rows) == 2
+    for r in rows:
+        assert r["status"] == "ok", (r["reason"], r["detail"])
+        assert r["ref_f1"] > 0.8  # scored against the exact MIDI the audio was rendered from
+        assert len(np.frombuffer(r["tokens"], np.int32)) > 50
+        assert r["key"] and r["n_notes"] > 8 and r["max_polyphony"] >= 1
+    assert "audio" not in through_postprocess and "note" not in through_postprocess
+
+
+def test_work_table_matches_the_contract(through_postprocess, tmp_path):
+    table = work.to_work_table(through_postprocess)
+    assert table.schema == schema.WORK
+    work.write_work(through_postprocess, str(tmp_path))
+    back = work.read_work(str(tmp_path))
+    assert back.column("piece_id").to_pylist() == table.column("piece_id").to_pylist()
+    assert back.column("tokens").to_pylist() == table.column("tokens").to_pylist()
+
+
+def test_rejects_keep_their_first_reason(tmp_path):
+    (tmp_path / "silent.wav").write_bytes(b"")
+    (tmp_path / "x.txt").write_bytes(b"x")
+    b = input_batch([str(tmp_path / "silent.wav"), str(tmp_path / "gone.wav")], "audio")
+    b = stages.batch_of(
+        [*stages.rows_of(b), *stages.rows_of(input_batch([str(tmp_path / "x.txt")], "unknown"))]
+    )
+    out = stages.rows_of(stages.load_inputs(b, audio.AudioLimits()))
+    assert [(r["stage"], r["reason"]) for r in out] == [
+        ("decode", "empty"), ("read", "read_failed"), ("list", "unsupported_extension")
+    ]  # fmt: skip
+    # later stages leave rejected rows alone
+    again = stages.rows_of(stages.transcribe(stages.batch_of(out), transcriber=None))
+    assert [r["reason"] for r in again] == ["empty", "read_failed", "unsupported_extension"]
+
+
+def test_batch_of_keeps_trailing_nul_bytes():
+    b = stages.batch_of([{"midi": b"MThd\x00\x00"}, {"midi": b"\x00"}])
+    assert b["midi"][0] == b"MThd\x00\x00" and b["midi"][1] == b"\x00"
+
+
+def test_splits_are_stratified_deterministic_and_by_piece():
+    pieces = [(f"{i:016x}", 1 + (i % 2) * 2) for i in range(40)]  # 20 of tier 1, 20 of tier 3
+    a = split.assign_splits(pieces, (0.8, 0.1, 0.1), seed=0)
+    assert a == split.assign_splits(list(reversed(pieces)), (0.8, 0.1, 0.1), seed=0)
+    assert a != split.assign_splits(pieces, (0.8, 0.1, 0.1), seed=1)
+    for tier in (1, 3):
+        counts = Counter(a[p] for p, t in pieces if t == tier)
+        assert counts == {"train": 16, "val": 2, "test": 2}
+    assert split.split_counts(3, (0.8, 0.1, 0.1)) == (1, 1, 1)
+    assert split.split_counts(2, (0.8, 0.1, 0.1)) == (2, 0, 0)
+
+
+def test_expand_augments_train_only(through_postprocess):
+    table = work.to_work_table(through_postprocess)
+    ids = table.column("piece_id").to_pylist()
+    splits = {ids[0]: "train", ids[1]: "val"}
+    cfg = DatasetConfig()
+    out = split.expand(table, splits=splits, augment_splits=["train"], aug_cfg=cfg.augment,
+                       tokenizer=make_tokenizer(cfg.tokenizer), seed=0)  # fmt: skip
+    assert out.schema == schema.DATASET
+    rows = out.to_pylist()
+    val = [r for r in rows if r["piece_id"] == ids[1]]
+    train = [r for r in rows if r["piece_id"] == ids[0]]
+    assert len(val) == 1 and json.loads(val[0]["augmentation"]) == split.ORIGINAL
+    assert len(train) > 8  # the original plus transpositions (and octaves where they fit)
+    shifts = {json.loads(r["augmentation"])["transpose"] for r in train}
+    assert len(shifts) >= 8
+    assert all(r["split"] == "train" and r["tokens"] for r in train)
+    again = split.expand(table, splits=splits, augment_splits=["train"], aug_cfg=cfg.augment,
+                         tokenizer=make_tokenizer(cfg.tokenizer), seed=0)  # fmt: skip
+    assert again.equals(out)
+    assert isinstance(out, pa.Table)
