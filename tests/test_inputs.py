@@ -47,3 +47,16 @@ def test_listing_and_reading_from_s3(s3_env):
     assert by_name["one.wav"].style == "fiddle" and by_name["two.mid"].style == "folk"
     assert by_name["one.wav"].source_uri.startswith(f"s3://{bucket}/tracks/fiddle/one.wav?")
     assert read_bytes(by_name["two.mid"].source_uri) == b"MThd-two"
+
+
+def test_symlinked_files_keep_their_own_paths(tmp_path):
+    target = tmp_path / "real.wav"
+    target.write_bytes(b"x")
+    (tmp_path / "links").mkdir()
+    for name in ("a.wav", "b.wav"):
+        (tmp_path / "links" / name).symlink_to(target)
+    inputs = list_inputs(
+        [str(tmp_path / "links")], [], style="x", style_from_folder=False, tier_midi=3
+    )
+    assert sorted(i.source_uri.rsplit("/", 1)[-1] for i in inputs) == ["a.wav", "b.wav"]
+    assert len({i.piece_id for i in inputs}) == 2

@@ -53,6 +53,10 @@ def _map(ds, fn, c: StageCompute, **kw):
     return ds.map_batches(fn, **args, **kw)
 
 
+def _threads(c: StageCompute) -> int:
+    return c.threads or max(1, int(c.num_cpus))
+
+
 def _input_rows(inputs: list[Input]) -> list[dict[str, Any]]:
     return [
         {
@@ -119,7 +123,7 @@ def process_inputs(cfg: DatasetConfig, todo: list[Input], checks) -> None:
                 cfg.stem,
                 cfg.device,
                 cfg.segment_s,
-                int(c.separate.num_cpus),
+                _threads(c.separate),
             ),
         )
     ds = _map(
@@ -130,7 +134,7 @@ def process_inputs(cfg: DatasetConfig, todo: list[Input], checks) -> None:
             model_path,
             cfg.device,
             cfg.batch_windows,
-            max(1, int(c.transcribe.num_cpus)),
+            _threads(c.transcribe),
         ),
     )
     models = stages.models_json(cfg.separator, cfg.stem, cfg.transcriber, version)
@@ -140,7 +144,7 @@ def process_inputs(cfg: DatasetConfig, todo: list[Input], checks) -> None:
         c.postprocess,
         fn_constructor_args=(cfg.notes, cfg.validate, cfg.tokenizer, models),
     )
-    ds = ds.map_batches(work.write_work, fn_kwargs={"out": cfg.out}, batch_size=None, num_cpus=0.25)
+    ds = ds.map_batches(work.write_work, fn_kwargs={"out": cfg.out}, batch_size=None, num_cpus=0.1)
     ds.materialize()
 
 

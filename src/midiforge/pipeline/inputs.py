@@ -44,7 +44,9 @@ def _is_uri(s: str) -> bool:
 def _filesystem(root: str) -> tuple[pafs.FileSystem, str]:
     if _is_uri(root):
         return pafs.FileSystem.from_uri(root)
-    return pafs.LocalFileSystem(), str(Path(root).expanduser().resolve())
+    # Absolute but not resolved: a symlinked file keeps the path the user gave as its
+    # identity (resolving would merge every link to one target into one input).
+    return pafs.LocalFileSystem(), str(Path(root).expanduser().absolute())
 
 
 def _join_uri(root: str, root_path: str, found: str) -> str:
