@@ -91,19 +91,21 @@ def test_splits_and_augmentation(built):
         assert r["pitch_min"] == base["pitch_min"] + shift
 
 
-def test_same_seed_same_dataset(built, tiny_corpus, tmp_path):
+def test_same_seed_same_dataset_with_separate_stages(built, tiny_corpus, tmp_path):
+    """Same seed, same rows; also with post-processing in its own actors (the GPU layout)
+    instead of fused into the transcription actors (the CPU default)."""
     out, _ = built
     cfg = json.loads((out / "report.json").read_text())
-    again = build_dataset(
-        DatasetConfig(
-            audio=[str(tiny_corpus / "audio")],
-            midi=[str(tiny_corpus / "midi")],
-            style_from_folder=True,
-            reference_midi=[str(tiny_corpus / "midi")],
-            out=str(tmp_path),
-            seed=3,
-        )
+    ds_cfg = DatasetConfig(
+        audio=[str(tiny_corpus / "audio")],
+        midi=[str(tiny_corpus / "midi")],
+        style_from_folder=True,
+        reference_midi=[str(tiny_corpus / "midi")],
+        out=str(tmp_path),
+        seed=3,
     )
+    ds_cfg.compute.fuse_cpu_postprocess = False
+    again = build_dataset(ds_cfg)
     assert again["by_split"] == cfg["by_split"]
     a = sorted(
         (r["piece_id"], r["split"], r["augmentation"]) for r in read_dataset(out).to_pylist()

@@ -126,24 +126,19 @@ def process_inputs(cfg: DatasetConfig, todo: list[Input], checks) -> None:
                 _threads(c.separate),
             ),
         )
-    ds = _map(
-        ds,
-        stages.Transcribe,
-        c.transcribe,
-        fn_constructor_args=(
-            model_path,
-            cfg.device,
-            cfg.batch_windows,
-            _threads(c.transcribe),
-        ),
-    )
     models = stages.models_json(cfg.separator, cfg.stem, cfg.transcriber, version)
-    ds = _map(
-        ds,
-        stages.Postprocess,
-        c.postprocess,
-        fn_constructor_args=(cfg.notes, cfg.validate, cfg.tokenizer, models),
-    )
+    transcribe_args = (model_path, cfg.device, cfg.batch_windows, _threads(c.transcribe))
+    postprocess_args = (cfg.notes, cfg.validate, cfg.tokenizer, models)
+    if c.fuse_cpu_postprocess and not c.transcribe.num_gpus:
+        ds = _map(
+            ds,
+            stages.TranscribeAndPostprocess,
+            c.transcribe,
+            fn_constructor_args=(transcribe_args, postprocess_args),
+        )
+    else:
+        ds = _map(ds, stages.Transcribe, c.transcribe, fn_constructor_args=transcribe_args)
+        ds = _map(ds, stages.Postprocess, c.postprocess, fn_constructor_args=postprocess_args)
     ds = ds.map_batches(work.write_work, fn_kwargs={"out": cfg.out}, batch_size=None, num_cpus=0.1)
     ds.materialize()
 

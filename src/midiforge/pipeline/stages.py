@@ -280,6 +280,19 @@ class Postprocess:
         return postprocess(batch, *self.args)
 
 
+class TranscribeAndPostprocess:
+    """Both model and CPU post-processing in one actor, for CPU-only runs: on a CPU node
+    there is no accelerator to keep busy, and a separate stage only adds a process and a
+    trip through the object store for the model outputs (~150 kB per audio-second)."""
+
+    def __init__(self, transcribe_args: tuple, postprocess_args: tuple) -> None:
+        self.transcribe = Transcribe(*transcribe_args)
+        self.postprocess = Postprocess(*postprocess_args)
+
+    def __call__(self, batch: Batch) -> Batch:
+        return self.postprocess(self.transcribe(batch))
+
+
 def models_json(separator: str, stem: str, transcriber: str, transcriber_version: str) -> str:
     sep = {"name": separator, "stem": stem} if separator != "none" else None
     return json.dumps(
