@@ -162,6 +162,25 @@ def _add_dataset(sub: argparse._SubParsersAction) -> None:
     b.set_defaults(func=_dataset_build)
 
 
+# --- serve -----------------------------------------------------------------------------
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from midiforge.serving.local import run
+
+    run(args.config, port=args.port)
+    return 0
+
+
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    s = sub.add_parser("serve", help="run the HTTP endpoints locally on 127.0.0.1")
+    s.add_argument(
+        "--config", default="serve/config.yaml", help="Serve config (default serve/config.yaml)"
+    )
+    s.add_argument("--port", type=int, default=8000)
+    s.set_defaults(func=_serve)
+
+
 # --- entry point -------------------------------------------------------------------------
 
 
@@ -181,6 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_corpus(sub)
     _add_dataset(sub)
     _add_models(sub)
+    _add_serve(sub)
     return parser
 
 

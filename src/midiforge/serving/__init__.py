@@ -1,0 +1,1 @@
+"""HTTP serving of midiforge's models: request logic here, the Ray Serve app in serve/app.py."""

@@ -1,0 +1,217 @@
+"""The Ray Serve application: a FastAPI gateway over a multiplexed, batching transcriber.
+
+`build_app(args)` is the builder that `serve run` / `serve deploy` call through
+serve/config.yaml (import_path `midiforge.serving.app:build_app`); replica counts,
+autoscaling and resources come from that YAML, never from here.
+"""
+
+# No `from __future__ import annotations` here: the Gateway class is built inside
+# build_app and shipped to replicas by cloudpickle, which carries the objects a function
+# references but not names hidden in string annotations, so FastAPI could not resolve them.
+import asyncio
+import hmac
+import logging
+import os
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from fastapi import File, Query, UploadFile
+from fastapi.responses import Response
+from ray import serve
+
+from midiforge import config as cfgmod
+from midiforge.serving.requests import RequestError, notes_json, notes_midi, read_upload
+from midiforge.serving.settings import ServeSettings
+
+log = logging.getLogger(__name__)
+
+
+def registry_loader(settings: ServeSettings) -> Callable[[str], Any]:
+    """name -> OnnxTranscriber for a transcription model of the registry."""
+
+    def load(name: str):
+        from midiforge.registry import Registry, RegistryError
+        from midiforge.transcription.runner import OnnxTranscriber
+
+        reg = Registry(settings.models_root)
+        manifest = reg.manifest(name)
+        if manifest.kind != "transcriber":
+            raise RegistryError(f"model {name!r} is a {manifest.kind}, not a transcriber")
+        return OnnxTranscriber(reg.model_file(name), intra_op_threads=settings.threads)
+
+    return load
+
+
+@serve.deployment
+class Transcriber:
+    """Holds up to 3 models per replica (LRU, by request) and batches concurrent clips."""
+
+    def __init__(self, settings: dict[str, Any], loader: Callable[[str], Any] | None = None):
+        self.settings = cfgmod.from_dict(ServeSettings, settings)
+        self.loader = loader or registry_loader(self.settings)
+        self.loaded: list[str] = []
+        self._run.set_max_batch_size(self.settings.batch_max_size)
+        self._run.set_batch_wait_timeout_s(self.settings.batch_wait_timeout_s)
+
+    @serve.multiplexed(max_num_models_per_replica=3)
+    async def get_model(self, model_id: str):
+        runner = await asyncio.get_running_loop().run_in_executor(None, self.loader, model_id)
+        self.loaded = [*[m for m in self.loaded if m != model_id][-2:], model_id]
+        return runner
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.02)
+    async def _run(self, items: list[tuple[Any, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+        """Clips of concurrent requests, grouped by model, each group in one model call."""
+        results: list[dict[str, np.ndarray] | None] = [None] * len(items)
+        groups: dict[int, list[int]] = {}
+        for i, (runner, _) in enumerate(items):
+            groups.setdefault(id(runner), []).append(i)
+        for idx in groups.values():
+            runner = items[idx[0]][0]
+            outs = runner([items[i][1] for i in idx])
+            for i, out in zip(idx, outs, strict=True):
+                results[i] = out
+        return results  # type: ignore[return-value]
+
+    async def transcribe(self, clip: np.ndarray, decoding: dict[str, float]) -> np.ndarray:
+        from midiforge.transcription.notes import NoteDecoding, decode_notes
+
+        model_id = serve.get_multiplexed_model_id() or self.settings.default_model
+        runner = await self.get_model(model_id)
+        out = await self._run((runner, clip))
+        return decode_notes(out, NoteDecoding(**decoding))
+
+    def models(self) -> list[str]:
+        return list(self.loaded)
+
+
+def _error(status: int, code: str, detail: str):
+    from fastapi.responses import JSONResponse
+
+    return JSONResponse(status_code=status, content={"error": code, "detail": detail})
+
+
+def make_fastapi(settings: ServeSettings):
+    """The HTTP surface: routes, auth, and JSON errors for every failure."""
+    from fastapi import FastAPI, Request
+    from fastapi.exceptions import RequestValidationError
+    from starlette.exceptions import HTTPException
+
+    api = FastAPI(title="midiforge", version="0.1.0", description="Audio to MIDI on Ray Serve")
+
+    @api.exception_handler(RequestError)
+    async def _request_error(_: Request, e: RequestError):
+        return _error(e.status, e.code, e.detail)
+
+    @api.exception_handler(RequestValidationError)
+    async def _validation(_: Request, e: RequestValidationError):
+        return _error(422, "invalid_request", str(e.errors()))
+
+    @api.exception_handler(HTTPException)
+    async def _http(_: Request, e: HTTPException):
+        return _error(e.status_code, "http_error", str(e.detail))
+
+    @api.middleware("http")
+    async def _auth(request: Request, call_next):
+        token = os.environ.get(settings.token_env)
+        if token and not request.url.path.endswith("/healthz"):
+            given = request.headers.get("authorization", "")
+            expected = f"Bearer {token}"
+            if not hmac.compare_digest(given.encode(), expected.encode()):
+                return _error(401, "unauthorized", "missing or wrong bearer token")
+        try:
+            return await call_next(request)
+        except Exception as e:  # a replica answers every request, even on a bug
+            log.exception("unhandled error on %s", request.url.path)
+            return _error(500, "internal_error", f"{type(e).__name__}: {e}")
+
+    return api
+
+
+def build_app(
+    args: dict[str, Any] | None = None,
+    loader: Callable[[str], Any] | None = None,
+    gateway_options: dict[str, Any] | None = None,
+    transcriber_options: dict[str, Any] | None = None,
+):
+    """The Serve application. `args` are ServeSettings fields; `loader` replaces the
+    registry loader with any name -> model function; the options go to each deployment's
+    `.options()` (serve/config.yaml sets them on a cluster)."""
+
+    settings = cfgmod.from_dict(ServeSettings, dict(args or {}))
+    api = make_fastapi(settings)
+
+    @serve.deployment
+    @serve.ingress(api)
+    class Gateway:
+        def __init__(self, transcriber) -> None:
+            self.transcriber = transcriber
+
+        @api.get("/healthz")
+        async def healthz(self) -> dict:
+            return {"status": "ok"}
+
+        @api.get("/v1/models")
+        async def models(self) -> dict:
+            from midiforge.registry import Registry
+
+            reg = Registry(settings.models_root)
+            return {
+                "transcriber": {"loaded": await self.transcriber.models.remote()},
+                "registry": [
+                    {"name": m.name, "kind": m.kind, "version": m.version} for m in reg.list()
+                ],
+            }
+
+        @api.post("/v1/transcribe")
+        async def transcribe(  # noqa: PLR0917 - FastAPI maps each query parameter by name
+            self,
+            audio: UploadFile = File(...),  # noqa: B008 - FastAPI's declaration style
+            model: str = Query(settings.default_model),
+            format: str = Query("midi", pattern="^(midi|json)$"),
+            onset_threshold: float = Query(0.5, gt=0, lt=1),
+            frame_threshold: float = Query(0.3, gt=0, lt=1),
+            min_note_ms: float = Query(127.70, ge=0),
+        ):
+            from midiforge.registry import RegistryError, validate_name
+
+            try:
+                validate_name(model)
+            except RegistryError as e:
+                raise RequestError(400, "invalid_model_name", str(e)) from None
+            clip, seconds = read_upload(await audio.read(), settings)
+            decoding = {
+                "onset_threshold": onset_threshold,
+                "frame_threshold": frame_threshold,
+                "minimum_note_ms": min_note_ms,
+            }
+            handle = self.transcriber.options(multiplexed_model_id=model)
+            try:
+                notes = await asyncio.wait_for(
+                    handle.transcribe.remote(clip, decoding), settings.request_timeout_s
+                )
+            except TimeoutError:
+                raise RequestError(
+                    504, "timeout", f"over {settings.request_timeout_s:g} s"
+                ) from None
+            except RegistryError as e:
+                raise RequestError(404, "unknown_model", str(e)) from None
+            if format == "json":
+                return notes_json(model, seconds, notes)
+            return Response(notes_midi(notes), media_type="audio/midi")
+
+        @api.post("/v1/classify")
+        async def classify(self):
+            raise RequestError(
+                503, "not_configured", "no style classifier is configured for this service yet"
+            )
+
+        @api.post("/v1/generate")
+        async def generate(self):
+            raise RequestError(
+                503, "not_configured", "no generator is configured for this service yet"
+            )
+
+    transcriber = Transcriber.options(**(transcriber_options or {})).bind(dict(args or {}), loader)
+    return Gateway.options(**(gateway_options or {})).bind(transcriber)

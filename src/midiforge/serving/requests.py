@@ -1,0 +1,70 @@
+"""What a request means, without Ray or HTTP: upload -> audio, notes -> response body.
+
+Every failure is a RequestError carrying the HTTP status and a stable error code, so the
+service answers `{"error": code, "detail": text}` and never crashes on a bad upload.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from midiforge import audio as audiomod
+from midiforge import midi_io
+from midiforge.serving.settings import ServeSettings
+
+
+class RequestError(Exception):
+    def __init__(self, status: int, code: str, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.code = code
+        self.detail = detail
+
+
+# decode reasons -> (HTTP status, error code)
+_AUDIO_STATUS = {
+    "empty": (400, "empty_upload"),
+    "not_audio": (415, "unsupported_media_type"),
+    "truncated": (422, "corrupt_audio"),
+    "nan_or_inf": (422, "invalid_samples"),
+}
+
+
+def read_upload(data: bytes, settings: ServeSettings) -> tuple[np.ndarray, float]:
+    """Upload bytes -> (float32 mono at 22,050 Hz, duration in seconds)."""
+    if len(data) > settings.max_upload_bytes:
+        raise RequestError(
+            413, "upload_too_large", f"{len(data)} bytes > limit {settings.max_upload_bytes}"
+        )
+    try:
+        x, sr = audiomod.decode(data)
+        audiomod.check_finite(x)
+    except audiomod.AudioError as e:
+        status, code = _AUDIO_STATUS.get(e.reason, (422, e.reason))
+        raise RequestError(status, code, e.detail) from None
+    seconds = x.shape[-1] / sr
+    if seconds > settings.max_audio_seconds:
+        raise RequestError(
+            422, "audio_too_long", f"{seconds:.1f} s > limit {settings.max_audio_seconds:g} s"
+        )
+    return audiomod.to_mono(x, sr), seconds
+
+
+def notes_json(model: str, seconds: float, notes: np.ndarray) -> dict:
+    return {
+        "model": model,
+        "duration_s": round(seconds, 4),
+        "notes": [
+            {
+                "pitch": int(p),
+                "start": round(float(s), 4),
+                "end": round(float(e), 4),
+                "velocity": int(v),
+            }
+            for s, e, p, v in np.asarray(notes).reshape(-1, 4)
+        ],
+    }
+
+
+def notes_midi(notes: np.ndarray) -> bytes:
+    return midi_io.midi_bytes(midi_io.midi_from_notes(notes))

@@ -1,0 +1,20 @@
+"""Limits and defaults of the HTTP service. Replica counts and resources live in
+serve/config.yaml; these are per-request rules."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class ServeSettings:
+    models_root: str | None = None  # registry root; None = $MIDIFORGE_MODELS or ~/.midiforge/models
+    default_model: str = "stock"
+    max_upload_bytes: int = 50 * 1024 * 1024  # 413 above this
+    max_audio_seconds: float = 600.0  # 422 above this
+    request_timeout_s: float = 60.0  # 504 when a transcription takes longer
+    # The name of the variable holding the token (auth is on when it is set), not a secret.
+    token_env: str = "MIDIFORGE_API_TOKEN"  # noqa: S105
+    batch_max_size: int = 8  # requests whose windows share one onnxruntime call
+    batch_wait_timeout_s: float = 0.02
+    threads: int = 1  # onnxruntime threads per replica (replicas scale out instead)

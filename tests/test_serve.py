@@ -1,0 +1,230 @@
+"""The Serve app on 127.0.0.1 with real HTTP: parity with the library, model switching,
+bad uploads answered with JSON 4xx (and the next good request still right), auth."""
+
+from __future__ import annotations
+
+import io
+
+import httpx
+import numpy as np
+import onnx
+import pytest
+import soundfile as sf
+import yaml
+
+from midiforge import audio, midi_io, registry
+from midiforge.registry import Registry
+from midiforge.transcription.notes import NoteDecoding, decode_notes
+from midiforge.transcription.runner import OnnxTranscriber
+
+from .conftest import free_port
+
+TOKEN = "s3cret-token"  # noqa: S105 - a test-only token
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def halved_onsets(src, dst) -> None:
+    """A second, different transcription model: basic-pitch with onsets scaled by 0.5."""
+    m = onnx.load(str(src))
+    name = "StatefulPartitionedCall:2"  # the onset output
+    for node in m.graph.node:
+        node.output[:] = ["onset_raw" if o == name else o for o in node.output]
+        node.input[:] = ["onset_raw" if i == name else i for i in node.input]
+    m.graph.initializer.append(onnx.helper.make_tensor("half", onnx.TensorProto.FLOAT, [], [0.5]))
+    m.graph.node.append(onnx.helper.make_node("Mul", ["onset_raw", "half"], [name]))
+    onnx.save(m, str(dst))
+
+
+def library_notes(path, model_path) -> np.ndarray:
+    clip = audio.load_for_transcription(path.read_bytes(), audio.AudioLimits(min_seconds=0))
+    return decode_notes(OnnxTranscriber(model_path)([clip])[0], NoteDecoding())
+
+
+@pytest.fixture(scope="module")
+def server(ray_local, tmp_path_factory):
+    from ray import serve
+
+    from midiforge.serving.app import build_app
+
+    root = tmp_path_factory.mktemp("models")
+    variant = root / "variant.onnx"
+    halved_onsets(registry.stock_model_path(), variant)
+    Registry(str(root / "reg")).push(variant, "half-onsets", kind="transcriber")
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    app = build_app(
+        {"models_root": str(root / "reg"), "max_upload_bytes": 3_000_000, "max_audio_seconds": 30},
+        gateway_options={
+            "ray_actor_options": {
+                "num_cpus": 0.1,
+                "runtime_env": {"env_vars": {"MIDIFORGE_API_TOKEN": TOKEN}},
+            }
+        },
+        transcriber_options={"ray_actor_options": {"num_cpus": 0.5}},
+    )
+    serve.run(app, name="midiforge", route_prefix="/")
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as client:
+        yield client, root / "reg", variant
+    serve.shutdown()
+
+
+def post(client, path, data: bytes, name="clip.wav", headers=AUTH, **params):
+    return client.post(f"/v1/{path}", files={"audio": (name, data)}, params=params, headers=headers)
+
+
+def test_json_notes_equal_the_library(server, tiny_corpus):
+    client, _, _ = server
+    wav = next((tiny_corpus / "audio" / "fiddle").glob("*.wav"))
+    r = post(client, "transcribe", wav.read_bytes(), format="json")
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["model"] == "stock" and abs(body["duration_s"] - sf.info(wav).duration) < 1e-3
+    got = np.array([(n["start"], n["end"], n["pitch"], n["velocity"]) for n in body["notes"]])
+    want = library_notes(wav, registry.stock_model_path())
+    assert got.shape == want.shape and len(got) > 10
+    np.testing.assert_allclose(got, want, atol=1e-4)
+
+
+def test_midi_response_and_thresholds(server, tiny_corpus):
+    client, _, _ = server
+    wav = next((tiny_corpus / "audio" / "quartet").glob("*.wav"))
+    r = post(client, "transcribe", wav.read_bytes())
+    assert r.status_code == 200 and r.headers["content-type"] == "audio/midi"
+    got = midi_io.notes_array(midi_io.load_midi(r.content))
+    want = library_notes(wav, registry.stock_model_path())
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got[:, :2], want[:, :2], atol=2e-3)  # MIDI ticks at 480 ppq
+    strict = post(client, "transcribe", wav.read_bytes(), format="json", onset_threshold=0.9)
+    assert 0 < len(strict.json()["notes"]) < len(want)
+
+
+def test_switch_models_by_name(server, tiny_corpus):
+    client, _, variant = server
+    wav = next((tiny_corpus / "audio" / "fiddle").glob("*.wav"))
+    stock = post(client, "transcribe", wav.read_bytes(), format="json").json()["notes"]
+    half = post(client, "transcribe", wav.read_bytes(), format="json", model="half-onsets").json()
+    assert half["model"] == "half-onsets"
+    want = library_notes(wav, variant)
+    assert len(half["notes"]) == len(want) != len(stock)
+    models = client.get("/v1/models", headers=AUTH).json()
+    assert {"stock", "half-onsets"} <= set(models["transcriber"]["loaded"])
+    assert {"stock", "half-onsets"} <= {m["name"] for m in models["registry"]}
+
+
+def _wav(x: np.ndarray, sr: int, subtype="PCM_16") -> bytes:
+    buf = io.BytesIO()
+    sf.write(buf, x, sr, subtype=subtype, format="WAV")
+    return buf.getvalue()
+
+
+def test_bad_requests_get_json_errors_and_the_service_survives(server, tiny_corpus):
+    client, _, _ = server
+    wav = next((tiny_corpus / "audio" / "fiddle").glob("*.wav"))
+    good = wav.read_bytes()
+    x, sr = sf.read(wav, dtype="float32")
+    nan = _wav(np.where(np.arange(len(x)) == 9, np.nan, x).astype(np.float32), sr, "FLOAT")
+    cases = [
+        (b"", 400, "empty_upload"),
+        (good[: len(good) // 3], 422, "corrupt_audio"),
+        (np.random.default_rng(1).bytes(20_000), 415, "unsupported_media_type"),
+        (b"plain text, not audio\n" * 50, 415, "unsupported_media_type"),
+        (nan, 422, "invalid_samples"),
+        (_wav(np.zeros(sr * 31, np.float32), sr), 422, "audio_too_long"),
+        (b"\0" * 3_000_001, 413, "upload_too_large"),
+    ]  # fmt: skip
+    for data, status, code in cases:
+        r = post(client, "transcribe", data)
+        assert (r.status_code, r.json()["error"]) == (status, code), r.text
+        assert r.json()["detail"]
+    for params, status, code in [
+        ({"model": "../etc"}, 400, "invalid_model_name"),
+        ({"model": "nope"}, 404, "unknown_model"),
+        ({"format": "wav"}, 422, "invalid_request"),
+        ({"onset_threshold": 2}, 422, "invalid_request"),
+    ]:
+        r = post(client, "transcribe", good, **params)
+        assert (r.status_code, r.json()["error"]) == (status, code), r.text
+    assert client.post("/v1/transcribe", headers=AUTH).json()["error"] == "invalid_request"
+    silent = post(client, "transcribe", _wav(np.zeros(sr * 2, np.float32), sr), format="json")
+    assert silent.status_code == 200 and silent.json()["notes"] == []
+    r = post(client, "transcribe", good, format="json")  # the replica is still fine
+    assert r.status_code == 200 and len(r.json()["notes"]) > 10
+    for path in ("classify", "generate"):
+        r = client.post(f"/v1/{path}", headers=AUTH)
+        assert (r.status_code, r.json()["error"]) == (503, "not_configured")
+
+
+def test_token_auth(server):
+    client, _, _ = server
+    assert client.get("/healthz").status_code == 200  # no token needed
+    assert client.get("/v1/models").status_code == 401
+    assert (
+        client.get("/v1/models", headers={"Authorization": "Bearer wrong"}).json()["error"]
+        == "unauthorized"
+    )
+    assert client.get("/v1/models", headers=AUTH).status_code == 200
+    assert post(client, "transcribe", b"x", headers={}).status_code == 401
+
+
+def test_config_yaml_is_a_valid_serve_deploy_config():
+    from pathlib import Path
+
+    from ray.serve.schema import ServeDeploySchema
+
+    cfg = yaml.safe_load((Path(__file__).parents[1] / "serve" / "config.yaml").read_text())
+    schema = ServeDeploySchema.model_validate(cfg)
+    [app] = schema.applications
+    assert app.import_path == "midiforge.serving.app:build_app"
+    names = {d.name for d in app.deployments}
+    assert names == {"Gateway", "Transcriber"}
+    auto = next(d for d in app.deployments if d.name == "Transcriber").autoscaling_config
+    assert auto["min_replicas"] >= 1 and auto["max_replicas"] > auto["min_replicas"]
+
+
+def test_midiforge_serve_command(tiny_corpus, tmp_path):
+    """`midiforge serve` as a user runs it: its own local Ray, 127.0.0.1, the repo's YAML."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    port = free_port()
+    exe = Path(sys.executable).parent / "midiforge"
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MIDIFORGE_API_TOKEN")}
+    proc = subprocess.Popen(
+        [
+            str(exe),
+            "serve",
+            "--port",
+            str(port),
+            "--config",
+            str(Path(__file__).parents[1] / "serve" / "config.yaml"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        env=env,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
+            while True:
+                try:
+                    if client.get("/healthz").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                assert proc.poll() is None and time.monotonic() < deadline, "serve did not come up"
+                time.sleep(0.5)
+            wav = next((tiny_corpus / "audio" / "fiddle").glob("*.wav"))
+            r = post(client, "transcribe", wav.read_bytes(), headers={}, format="json")
+            assert r.status_code == 200 and len(r.json()["notes"]) > 10
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
