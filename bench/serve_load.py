@@ -9,8 +9,6 @@ for each and the ratio; target on 2 cores: >= 1.3x the baseline's throughput at 
     .venv/bin/python bench/serve_load.py --autoscale   # replica count over time, up and down
 """
 
-from __future__ import annotations
-
 import argparse
 import asyncio
 import io
@@ -195,6 +193,7 @@ def autoscale(args: argparse.Namespace) -> None:
         "target_ongoing_requests": 2,
         "upscale_delay_s": 2,
         "downscale_delay_s": 10,
+        "look_back_period_s": 5,  # Serve averages load over 30 s by default
     }
     fast = {"autoscaling_config": auto, "ray_actor_options": {"num_cpus": 0.5}}
     start_serve(port, {"Transcriber": fast, "Gateway": {"ray_actor_options": {"num_cpus": 0.1}}})
@@ -207,8 +206,11 @@ def autoscale(args: argparse.Namespace) -> None:
     async def run() -> None:
         t0 = time.monotonic()
         loader = asyncio.create_task(load(url, data, args.requests, args.concurrency))
-        while time.monotonic() - t0 < args.idle_after + 40:
-            phase = "load" if not loader.done() else "idle"
+        idle_since = None
+        while idle_since is None or time.monotonic() - idle_since < args.idle_seconds:
+            if loader.done() and idle_since is None:
+                idle_since = time.monotonic()
+            phase = "load" if idle_since is None else "idle"
             print(
                 f"t={time.monotonic() - t0:5.1f}s  {phase:4s}  Transcriber replicas: {replicas()}",
                 flush=True,
@@ -226,7 +228,7 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=60)
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--autoscale", action="store_true", help="show replicas going up and down")
-    ap.add_argument("--idle-after", type=float, default=30.0, help=argparse.SUPPRESS)
+    ap.add_argument("--idle-seconds", type=float, default=60.0, help="autoscale: idle time watched")
     ap.add_argument("--baseline-server", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.baseline_server:
