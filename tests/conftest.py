@@ -89,3 +89,53 @@ def ray_local():
     )
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def broken_inputs(tiny_corpus, tmp_path_factory):
+    """A folder of bad (and oddly valid) inputs, shared by the dataset job's and the
+    service's tests: each must be rejected with its reason, or accepted."""
+    import io
+
+    import librosa
+    import numpy as np
+    import soundfile as sf
+
+    from midiforge import midi_io
+
+    def wav(x, sr, subtype="PCM_16"):
+        buf = io.BytesIO()
+        sf.write(buf, x.T if x.ndim == 2 else x, sr, subtype=subtype, format="WAV")
+        return buf.getvalue()
+
+    good_wav = next((tiny_corpus / "audio" / "fiddle").glob("*.wav"))
+    good_mid = next((tiny_corpus / "midi" / "fiddle").glob("*.mid"))
+    x, sr = sf.read(good_wav, dtype="float32")
+    full = wav(x, sr)
+    files = {
+        "empty.wav": b"",
+        "truncated.wav": full[: len(full) // 3],
+        "random.wav": np.random.default_rng(1).bytes(20_000),
+        "text.wav": b"not audio at all\n" * 100,
+        "nan.wav": wav(
+            np.where(np.arange(len(x)) == 500, np.nan, x).astype(np.float32), sr, "FLOAT"
+        ),
+        "silence.wav": wav(np.zeros(sr * 3, np.float32), sr),
+        "short.wav": wav(x[: sr // 4], sr),
+        "six-channel-96k.wav": wav(
+            np.tile(librosa.resample(x, orig_sr=sr, target_sr=96_000), (6, 1)), 96_000
+        ),
+        "mono-8k.wav": wav(librosa.resample(x, orig_sr=sr, target_sr=8_000), 8_000),
+        "Ünïcødé façade tune.wav": full,
+        "  spaced   name  .wav": full,
+        "notes.txt": b"hello",
+        "empty.mid": b"",
+        "corrupt.mid": np.random.default_rng(2).bytes(300),
+        "noteless.mid": midi_io.midi_bytes(midi_io.midi_from_notes(np.zeros((0, 4)))),
+        "good.mid": good_mid.read_bytes(),
+    }
+    folder = tmp_path_factory.mktemp("broken") / "inputs"
+    folder.mkdir()
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+    return folder

@@ -53,7 +53,7 @@ def server(ray_local, tmp_path_factory):
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     app = build_app(
-        {"models_root": str(root / "reg"), "max_upload_bytes": 3_000_000, "max_audio_seconds": 30},
+        {"models_root": str(root / "reg"), "max_upload_bytes": 12_000_000, "max_audio_seconds": 30},
         gateway_options={
             "ray_actor_options": {
                 "num_cpus": 0.1,
@@ -117,25 +117,49 @@ def _wav(x: np.ndarray, sr: int, subtype="PCM_16") -> bytes:
     return buf.getvalue()
 
 
-def test_bad_requests_get_json_errors_and_the_service_survives(server, tiny_corpus):
+# The dataset job's broken-inputs folder, as uploads: what the service answers for each.
+UPLOAD_ANSWERS = {
+    "empty.wav": (400, "empty_upload"),
+    "truncated.wav": (422, "corrupt_audio"),
+    "random.wav": (415, "unsupported_media_type"),
+    "text.wav": (415, "unsupported_media_type"),
+    "nan.wav": (422, "invalid_samples"),
+    "notes.txt": (415, "unsupported_media_type"),
+    "empty.mid": (400, "empty_upload"),
+    "corrupt.mid": (415, "unsupported_media_type"),
+    "noteless.mid": (415, "unsupported_media_type"),
+    "good.mid": (415, "unsupported_media_type"),  # MIDI is not audio
+    # valid audio, odd formats: transcribed (silence and a 0.25 s clip give few notes)
+    "silence.wav": (200, None),
+    "short.wav": (200, None),
+    "six-channel-96k.wav": (200, None),
+    "mono-8k.wav": (200, None),
+    "Ünïcødé façade tune.wav": (200, None),
+    "  spaced   name  .wav": (200, None),
+}
+
+
+def test_bad_requests_get_json_errors_and_the_service_survives(server, tiny_corpus, broken_inputs):
     client, _, _ = server
     wav = next((tiny_corpus / "audio" / "fiddle").glob("*.wav"))
     good = wav.read_bytes()
-    x, sr = sf.read(wav, dtype="float32")
-    nan = _wav(np.where(np.arange(len(x)) == 9, np.nan, x).astype(np.float32), sr, "FLOAT")
-    cases = [
-        (b"", 400, "empty_upload"),
-        (good[: len(good) // 3], 422, "corrupt_audio"),
-        (np.random.default_rng(1).bytes(20_000), 415, "unsupported_media_type"),
-        (b"plain text, not audio\n" * 50, 415, "unsupported_media_type"),
-        (nan, 422, "invalid_samples"),
+    want = len(library_notes(wav, registry.stock_model_path()))
+    assert {p.name for p in broken_inputs.iterdir()} == set(UPLOAD_ANSWERS)
+    for path in sorted(broken_inputs.iterdir()):
+        status, code = UPLOAD_ANSWERS[path.name]
+        r = post(client, "transcribe", path.read_bytes(), name=path.name, format="json")
+        assert r.status_code == status, (path.name, r.text)
+        if code:
+            assert r.json()["error"] == code and r.json()["detail"], (path.name, r.text)
+        after = post(client, "transcribe", good, format="json")  # the next good request
+        assert after.status_code == 200 and len(after.json()["notes"]) == want
+    _, sr = sf.read(wav, dtype="float32")
+    for data, status, code in [
         (_wav(np.zeros(sr * 31, np.float32), sr), 422, "audio_too_long"),
-        (b"\0" * 3_000_001, 413, "upload_too_large"),
-    ]  # fmt: skip
-    for data, status, code in cases:
+        (b"\0" * 12_000_001, 413, "upload_too_large"),
+    ]:
         r = post(client, "transcribe", data)
         assert (r.status_code, r.json()["error"]) == (status, code), r.text
-        assert r.json()["detail"]
     for params, status, code in [
         ({"model": "../etc"}, 400, "invalid_model_name"),
         ({"model": "nope"}, 404, "unknown_model"),
