@@ -252,3 +252,46 @@ def test_midiforge_serve_command(tiny_corpus, tmp_path):
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+class _SlowRunner:
+    """The stock model, slowed down: a stand-in for a model too slow for the timeout."""
+
+    def __init__(self, delay_s: float) -> None:
+        self.runner = OnnxTranscriber(registry.stock_model_path())
+        self.delay_s = delay_s
+
+    def __call__(self, clips):
+        import time
+
+        time.sleep(self.delay_s)
+        return self.runner(clips)
+
+
+def _slow_loader(name: str) -> _SlowRunner:
+    return _SlowRunner(delay_s=3.0)
+
+
+def test_request_timeout_is_a_json_504(server, tiny_corpus):
+    from ray import serve
+
+    from midiforge.serving.app import build_app
+
+    client, _, _ = server
+    app = build_app(
+        {"request_timeout_s": 1.0},
+        loader=_slow_loader,
+        gateway_options={"name": "SlowGateway", "ray_actor_options": {"num_cpus": 0.1}},
+        transcriber_options={"name": "SlowTranscriber", "ray_actor_options": {"num_cpus": 0.2}},
+    )
+    serve.run(app, name="slow", route_prefix="/slow")
+    try:
+        wav = next((tiny_corpus / "audio" / "fiddle").glob("*.wav"))
+        r = client.post("/slow/v1/transcribe", files={"audio": ("a.wav", wav.read_bytes())})
+        assert (r.status_code, r.json()["error"]) == (504, "timeout"), r.text
+        r = post(
+            client, "transcribe", wav.read_bytes(), format="json"
+        )  # the main app is unaffected
+        assert r.status_code == 200 and len(r.json()["notes"]) > 10
+    finally:
+        serve.delete("slow")
