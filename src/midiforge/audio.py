@@ -122,9 +122,14 @@ def check_content(x: np.ndarray, sr: int, limits: AudioLimits) -> None:
         raise AudioError("silence", f"peak {peak_db:.1f} dBFS < {limits.silence_dbfs:g} dBFS")
 
 
-def load_for_transcription(data: bytes, limits: AudioLimits) -> np.ndarray:
-    """Bytes -> validated float32 mono at 22,050 Hz, or AudioError with the reason."""
+def decode_checked(data: bytes, limits: AudioLimits) -> tuple[np.ndarray, int]:
+    """decode() plus every content check: (channels, frames) at the file's own rate."""
     x, sr = decode(data)
     check_finite(x)
     check_content(x, sr, limits)
-    return to_mono(x, sr)
+    return x, sr
+
+
+def load_for_transcription(data: bytes, limits: AudioLimits) -> np.ndarray:
+    """Bytes -> validated float32 mono at 22,050 Hz, or AudioError with the reason."""
+    return to_mono(*decode_checked(data, limits))

@@ -225,7 +225,7 @@ class Registry:
             raise RegistryError("'stock' is reserved for basic-pitch's shipped model")
         src = Path(path)
         files = self._collect(src)
-        local_manifest = self._local_manifest(src)
+        local_manifest = self._local_json(src, MANIFEST, strict=True)
         kind = (
             kind or local_manifest.get("kind") or ("transcriber" if src.suffix == ".onnx" else None)
         )
@@ -234,7 +234,9 @@ class Registry:
                 f"model kind {kind!r} is not one of {', '.join(KINDS)} (use --kind)"
             )
         if metrics is None:
-            metrics = local_manifest.get("metrics") or self._local_metrics(src)
+            metrics = local_manifest.get("metrics") or self._local_json(
+                src, "metrics.json", strict=False
+            )
         # Microsecond UTC time first, so sorting version ids is sorting by push time.
         now = datetime.datetime.now(datetime.UTC)
         version = now.strftime("%Y%m%dT%H%M%S%fZ") + "-" + secrets.token_hex(3)
@@ -282,24 +284,17 @@ class Registry:
         return files
 
     @staticmethod
-    def _local_manifest(src: Path) -> dict[str, Any]:
-        m = src / MANIFEST if src.is_dir() else None
-        if m is None or not m.is_file():
+    def _local_json(src: Path, name: str, strict: bool) -> dict[str, Any]:
+        """A JSON object from the folder being pushed; {} if absent. A broken manifest is
+        an error (it names the model's kind and lineage); broken metrics are skipped."""
+        path = src / name if src.is_dir() else None
+        if path is None or not path.is_file():
             return {}
         try:
-            data = json.loads(m.read_text())
+            data = json.loads(path.read_text())
         except ValueError as e:
-            raise RegistryError(f"{m}: not valid JSON ({e})") from None
-        return data if isinstance(data, dict) else {}
-
-    @staticmethod
-    def _local_metrics(src: Path) -> dict[str, Any]:
-        m = src / "metrics.json" if src.is_dir() else None
-        if m is None or not m.is_file():
-            return {}
-        try:
-            data = json.loads(m.read_text())
-        except ValueError:
+            if strict:
+                raise RegistryError(f"{path}: not valid JSON ({e})") from None
             return {}
         return data if isinstance(data, dict) else {}
 

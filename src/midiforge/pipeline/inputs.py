@@ -49,7 +49,7 @@ def _filesystem(root: str) -> tuple[pafs.FileSystem, str]:
     return pafs.LocalFileSystem(), str(Path(root).expanduser().absolute())
 
 
-def _join_uri(root: str, root_path: str, found: str) -> str:
+def _join_uri(root: str, found: str) -> str:
     """The URI of a file found under `root`, in the same form the user gave."""
     if not _is_uri(root):
         return found
@@ -65,12 +65,12 @@ def list_files(root: str) -> list[str]:
     if info.type == pafs.FileType.NotFound:
         raise FileNotFoundError(f"input not found: {root}")
     if info.type == pafs.FileType.File:
-        return [_join_uri(root, path, path)]
+        return [_join_uri(root, path)]
     entries = fs.get_file_info(pafs.FileSelector(path, recursive=True))
     files = sorted(e.path for e in entries if e.type == pafs.FileType.File)
     # Hidden files (.DS_Store, editor swap files) are not inputs anyone meant to give.
     files = [f for f in files if not PurePosixPath(f).name.startswith(".")]
-    return [_join_uri(root, path, f) for f in files]
+    return [_join_uri(root, f) for f in files]
 
 
 def read_bytes(uri: str) -> bytes:

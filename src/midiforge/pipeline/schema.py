@@ -2,6 +2,18 @@
 
 import pyarrow as pa
 
+# What validation measures about a piece; carried by work rows and dataset rows alike.
+STATS = [
+    pa.field("key", pa.string()),
+    pa.field("bpm", pa.float32()),
+    pa.field("time_signature", pa.string()),
+    pa.field("n_notes", pa.int32()),
+    pa.field("pitch_min", pa.int16()),
+    pa.field("pitch_max", pa.int16()),
+    pa.field("out_of_key_ratio", pa.float32()),
+    pa.field("max_polyphony", pa.int16()),
+]
+
 # One row per (piece, augmentation): what the training jobs read.
 DATASET = pa.schema(
     [
@@ -10,14 +22,7 @@ DATASET = pa.schema(
         ("tier", pa.int8()),
         ("style", pa.string()),
         ("split", pa.string()),
-        ("key", pa.string()),
-        ("bpm", pa.float32()),
-        ("time_signature", pa.string()),
-        ("n_notes", pa.int32()),
-        ("pitch_min", pa.int16()),
-        ("pitch_max", pa.int16()),
-        ("out_of_key_ratio", pa.float32()),
-        ("max_polyphony", pa.int16()),
+        *STATS,
         ("augmentation", pa.string()),  # JSON: transpose, tempo_scale, velocity_delta, octave
         ("midi", pa.binary()),
         ("tokens", pa.list_(pa.int32())),
@@ -46,14 +51,7 @@ WORK = pa.schema(
         ("stage", pa.string()),
         ("reason", pa.string()),
         ("detail", pa.string()),
-        ("key", pa.string()),
-        ("bpm", pa.float32()),
-        ("time_signature", pa.string()),
-        ("n_notes", pa.int32()),
-        ("pitch_min", pa.int16()),
-        ("pitch_max", pa.int16()),
-        ("out_of_key_ratio", pa.float32()),
-        ("max_polyphony", pa.int16()),
+        *STATS,
         ("midi", pa.binary()),
         ("tokens", pa.list_(pa.int32())),
         ("models", pa.string()),

@@ -15,9 +15,11 @@ import logging
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from midiforge import audio as audiomod
 from midiforge import evaluation, midi_io
+from midiforge.pipeline import schema
 from midiforge.pipeline.inputs import read_bytes
 
 log = logging.getLogger(__name__)
@@ -84,9 +86,7 @@ def load_inputs(
             r["midi"] = data
             continue
         try:
-            x, sr = audiomod.decode(data)
-            audiomod.check_finite(x)
-            audiomod.check_content(x, sr, limits)
+            x, sr = audiomod.decode_checked(data, limits)
             r["audio_seconds"] = x.shape[-1] / sr
             if separator_format:
                 y = audiomod.to_channels(x, sr, *separator_format)
@@ -202,25 +202,11 @@ def _reference_metrics(r: dict[str, Any], notes: np.ndarray) -> None:
     )
 
 
-STAT_KEYS = (
-    "key",
-    "bpm",
-    "time_signature",
-    "n_notes",
-    "pitch_min",
-    "pitch_max",
-    "out_of_key_ratio",
-    "max_polyphony",
-)
+STAT_KEYS = tuple(f.name for f in schema.STATS)
+# A rejected row still fills every stats column: "", 0.0 or 0 by the column's type.
 _EMPTY_STATS = {
-    "key": "",
-    "bpm": 0.0,
-    "time_signature": "",
-    "n_notes": 0,
-    "pitch_min": 0,
-    "pitch_max": 0,
-    "out_of_key_ratio": 0.0,
-    "max_polyphony": 0,
+    f.name: "" if pa.types.is_string(f.type) else 0.0 if pa.types.is_floating(f.type) else 0
+    for f in schema.STATS
 }
 
 
