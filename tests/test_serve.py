@@ -4,6 +4,7 @@ bad uploads answered with JSON 4xx (and the next good request still right), auth
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -61,6 +62,7 @@ def server(ray_local, tmp_path_factory):
             }
         },
         transcriber_options={"ray_actor_options": {"num_cpus": 0.5}},
+        generator_options={"ray_actor_options": {"num_cpus": 0.1}},
     )
     serve.run(app, name="midiforge", route_prefix="/")
     with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as client:
@@ -178,6 +180,60 @@ def test_bad_requests_get_json_errors_and_the_service_survives(server, tiny_corp
         assert (r.status_code, r.json()["error"]) == (503, "not_configured")
 
 
+def _random_lm(models_root: str, name: str) -> None:
+    """A tiny untrained language model, exported and registered exactly as `midiforge lm
+    export` leaves a trained one: the service's generation path does not care about skill."""
+    import tempfile
+
+    from midiforge.lm.config import PRESETS
+    from midiforge.lm.export import export_onnx
+    from midiforge.lm.model import build
+    from midiforge.lm.vocab import LMVocab
+    from midiforge.symbolic.tokenize import TokenizerSettings, make_tokenizer, save_tokenizer
+
+    with tempfile.TemporaryDirectory() as d:
+        folder = Path(d) / name
+        tok = make_tokenizer(TokenizerSettings())
+        vocab = LMVocab.for_tokenizer(tok, ["fiddle", "folk"])
+        build(PRESETS["debug"][0], vocab).save_pretrained(folder / "hf")
+        vocab.save(folder / "vocab.json")
+        save_tokenizer(tok, folder / "tokenizer.json")
+        export_onnx(folder / "hf", folder / "model.onnx")
+        Registry(models_root).push(folder, name, kind="lm")
+
+
+def test_generate_answers_with_registry_models_and_the_rule_baseline(server):
+    import base64
+
+    client, reg, _ = server
+    _random_lm(str(reg), "tiny-lm")
+    bar_s = 4 * 60 / 150
+    for model in ("rules", "tiny-lm"):
+        body = {"model": model, "style": "fiddle", "key": "G", "bpm": 150, "bars": 4, "seed": 3}
+        r = client.post("/v1/generate", json=body, headers=AUTH)
+        assert r.status_code == 200, r.text
+        assert r.headers["content-type"] == "audio/midi"
+        pm = midi_io.load_midi(r.content)
+        assert pm.get_end_time() == pytest.approx(4 * bar_s, abs=0.01)
+        again = client.post("/v1/generate", json=body, headers=AUTH)
+        assert again.content == r.content  # same seed, same MIDI
+    prompt = base64.b64encode(r.content).decode()
+    r = client.post("/v1/generate", json={**body, "bars": 6, "prompt_midi": prompt}, headers=AUTH)
+    assert r.status_code == 200, r.text
+    assert midi_io.load_midi(r.content).get_end_time() == pytest.approx(6 * bar_s, abs=0.01)
+    for body, status, code in [
+        ({"model": "tiny-lm", "style": "techno"}, 422, "invalid_request"),
+        ({"model": "rules", "key": "H major"}, 422, "invalid_request"),
+        ({"model": "nope"}, 404, "unknown_model"),
+        ({"model": "rules", "bars": 0}, 422, "invalid_request"),
+        ({"model": "rules", "prompt_midi": "%%%"}, 400, "invalid_prompt"),
+    ]:
+        r = client.post("/v1/generate", json=body, headers=AUTH)
+        assert (r.status_code, r.json()["error"]) == (status, code), r.text
+    models = client.get("/v1/models", headers=AUTH).json()
+    assert set(models["generator"]["loaded"]) == {"rules", "tiny-lm"}
+
+
 def test_token_auth(server):
     client, _, _ = server
     assert client.get("/healthz").status_code == 200  # no token needed
@@ -200,7 +256,7 @@ def test_config_yaml_is_a_valid_serve_deploy_config():
     [app] = schema.applications
     assert app.import_path == "midiforge.serving.app:build_app"
     names = {d.name for d in app.deployments}
-    assert names == {"Gateway", "Transcriber"}
+    assert names == {"Gateway", "Transcriber", "Generation"}
     auto = next(d for d in app.deployments if d.name == "Transcriber").autoscaling_config
     assert auto["min_replicas"] >= 1 and auto["max_replicas"] > auto["min_replicas"]
 
@@ -283,6 +339,7 @@ def test_request_timeout_is_a_json_504(server, tiny_corpus):
         loader=_slow_loader,
         gateway_options={"name": "SlowGateway", "ray_actor_options": {"num_cpus": 0.1}},
         transcriber_options={"name": "SlowTranscriber", "ray_actor_options": {"num_cpus": 0.2}},
+        generator_options={"name": "SlowGeneration", "ray_actor_options": {"num_cpus": 0.05}},
     )
     serve.run(app, name="slow", route_prefix="/slow")
     try:

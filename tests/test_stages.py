@@ -96,6 +96,12 @@ def test_splits_are_stratified_deterministic_and_by_piece():
     for tier in (1, 3):
         counts = Counter(a[p] for p, t in pieces if t == tier)
         assert counts == {"train": 16, "val": 2, "test": 2}
+    # ...and by style within a tier: each style gets its own val and test pieces
+    styled = [(p, 3, "fiddle" if i < 12 else "folk") for i, (p, _) in enumerate(pieces[:24])]
+    b = split.assign_splits(styled, (0.8, 0.1, 0.1), seed=0)
+    for style in ("fiddle", "folk"):
+        counts = Counter(b[p] for p, _, s in styled if s == style)
+        assert counts == {"train": 10, "val": 1, "test": 1}
     assert split.split_counts(3, (0.8, 0.1, 0.1)) == (1, 1, 1)
     assert split.split_counts(2, (0.8, 0.1, 0.1)) == (2, 0, 0)
 

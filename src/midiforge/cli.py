@@ -31,17 +31,21 @@ def _corpus_render(args: argparse.Namespace) -> int:
         soundfont=args.soundfont,
         sample_rate=args.sample_rate,
         vary_instruments=args.vary_instruments or None,
+        midi_only=args.midi_only or None,
         seed=args.seed,
     )
     manifest = render_corpus(cfg)
     for p in manifest["pieces"]:
         print(
-            f"  {p['style']:8s} {p['piece']:48s} {p['audio_seconds']:6.2f} s  "
+            f"  {p['style']:8s} {p['piece']:48s} {p['midi_seconds']:6.2f} s  "
             f"{', '.join(sorted(set(p['instruments'])))}"
         )
     for f in manifest["failures"]:
         print(f"  SKIPPED {f['piece'] or f['source']}: {f['reason']}")
     speed = manifest["speed"]
+    if cfg.midi_only:
+        print(f"wrote {len(manifest['pieces'])} MIDI files in {speed['wall_seconds']} s")
+        return 0
     print(
         f"rendered {len(manifest['pieces'])} pieces, {speed['audio_seconds']} s of audio in "
         f"{speed['wall_seconds']} s: {speed['audio_seconds_per_wall_second']} audio-s per wall-s "
@@ -62,6 +66,9 @@ def _add_corpus(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--soundfont", help=".sf2 file (default: pretty_midi's TimGM6mb.sf2)")
     r.add_argument("--sample-rate", type=int, help="Hz (default 22050)")
     r.add_argument("--vary-instruments", action="store_true", help="draw GM programs per piece")
+    r.add_argument(
+        "--midi-only", action="store_true", help="write the MIDI only (no audio rendering)"
+    )
     _common(r)
     r.set_defaults(func=_corpus_render)
 
@@ -181,6 +188,28 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     s.set_defaults(func=_serve)
 
 
+# --- language model -----------------------------------------------------------------------
+
+
+def _add_lm(sub: argparse._SubParsersAction) -> None:
+    from midiforge.lm import command
+
+    lm = sub.add_parser("lm", help="the MIDI language model: pretrain, finetune, export, evaluate")
+    lsub = lm.add_subparsers(dest="action", required=True)
+    for name, add, run, help_ in (
+        ("pretrain", command.add_pretrain, command.run_pretrain, "train a base model (Ray Train)"),
+        ("finetune", command.add_finetune, command.run_finetune, "LoRA-fine-tune on one style"),
+        ("export", command.add_export, command.run_export, "ONNX with KV cache (+ INT8)"),
+        ("evaluate", command.add_evaluate, command.run_evaluate, "score generators on a style"),
+    ):
+        p = lsub.add_parser(name, help=help_)
+        add(p)
+        p.set_defaults(func=lambda a, run=run: run(a, a.overrides))
+    g = sub.add_parser("generate", help="generate MIDI with a model or the rule baseline")
+    command.add_generate(g)
+    g.set_defaults(func=lambda a: command.run_generate(a, a.overrides))
+
+
 # --- entry point -------------------------------------------------------------------------
 
 
@@ -201,6 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_dataset(sub)
     _add_models(sub)
     _add_serve(sub)
+    _add_lm(sub)
     return parser
 
 

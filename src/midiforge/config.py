@@ -137,18 +137,25 @@ def load(
     cls: type[T],
     path: str | Path | None = None,
     overrides: list[str] | None = None,
+    *,
+    defaults: dict[str, Any] | None = None,
     **explicit: Any,
 ) -> T:
-    """Defaults <- YAML file <- `explicit` (CLI flags) <- `--key=value` overrides."""
-    data: dict[str, Any] = to_dict(cls())
+    """Defaults (code, then `defaults`, e.g. a preset) <- YAML file <- `explicit` (CLI
+    flags) <- `--key=value` overrides."""
+    data: dict[str, Any] = _merge(to_dict(cls()), defaults or {})
     if path is not None:
-        loaded = yaml.safe_load(Path(path).read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: top level must be a mapping")
-        data = _merge(data, loaded)
+        data = _merge(data, read_yaml(path))
     data = _merge(data, {k: v for k, v in explicit.items() if v is not None})
     data = _merge(data, parse_overrides(overrides or []))
     return from_dict(cls, data)
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    loaded = yaml.safe_load(Path(path).read_text()) or {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    return loaded
 
 
 def save(obj: Any, path: str | Path) -> None:

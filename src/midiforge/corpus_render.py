@@ -35,6 +35,7 @@ class RenderConfig:
     vary_instruments: bool = False  # draw GM programs from each style's list
     tail_s: float = 0.25  # release rendered after the last note-off
     seed: int = 0
+    midi_only: bool = False  # symbolic corpora for the language model need no audio
 
     def validate_config(self) -> None:
         unknown = [s for s in self.styles if s not in corpus.STYLES]
@@ -56,6 +57,21 @@ def render_piece(
     midi_path.parent.mkdir(parents=True, exist_ok=True)
     midi_path.write_bytes(midi_io.midi_bytes(pm))
     rendered = midi_io.load_midi(midi_path.read_bytes())
+    entry = {
+        "piece": cand.piece_id,
+        "style": cand.style,
+        "source": cand.source,
+        "parts": part_names,
+        "programs": programs,
+        "instruments": [render_program_name(p) for p in programs],
+        "midi": midi_path.relative_to(out).as_posix(),
+        "midi_seconds": round(rendered.get_end_time(), 4),
+        "n_notes": int(sum(len(i.notes) for i in rendered.instruments)),
+    }
+    tempi = rendered.get_tempo_changes()[1]
+    entry["bpm"] = round(float(tempi[0]), 3) if len(tempi) else 120.0
+    if cfg.midi_only:
+        return entry
     t0 = time.perf_counter()
     audio = render.render_midi(rendered, soundfont, cfg.sample_rate, tail_s=cfg.tail_s)
     synth_s = time.perf_counter() - t0
@@ -64,22 +80,10 @@ def render_piece(
     wav_path = out / "audio" / cand.style / f"{cand.piece_id}.wav"
     wav_path.parent.mkdir(parents=True, exist_ok=True)
     sf.write(wav_path, audio, cfg.sample_rate, subtype="FLOAT")
-    tempi = rendered.get_tempo_changes()[1]
-    return {
-        "piece": cand.piece_id,
-        "style": cand.style,
-        "source": cand.source,
-        "parts": part_names,
-        "programs": programs,
-        "instruments": [render_program_name(p) for p in programs],
-        "midi": midi_path.relative_to(out).as_posix(),
-        "audio": wav_path.relative_to(out).as_posix(),
-        "midi_seconds": round(rendered.get_end_time(), 4),
-        "audio_seconds": round(len(audio) / cfg.sample_rate, 4),
-        "n_notes": int(sum(len(i.notes) for i in rendered.instruments)),
-        "bpm": round(float(tempi[0]), 3) if len(tempi) else 120.0,
-        "synth_seconds": round(synth_s, 4),
-    }
+    entry["audio"] = wav_path.relative_to(out).as_posix()
+    entry["audio_seconds"] = round(len(audio) / cfg.sample_rate, 4)
+    entry["synth_seconds"] = round(synth_s, 4)
+    return entry
 
 
 def render_program_name(program: int) -> str:
@@ -93,7 +97,7 @@ def render_corpus(cfg: RenderConfig) -> dict[str, Any]:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     soundfont = Path(cfg.soundfont) if cfg.soundfont else render.default_soundfont()
-    if not soundfont.is_file():
+    if not soundfont.is_file() and not cfg.midi_only:
         raise render.RenderError(f"soundfont not found: {soundfont}")
     pieces, failures = [], []
     started = time.perf_counter()
@@ -113,11 +117,13 @@ def render_corpus(cfg: RenderConfig) -> dict[str, Any]:
                 {"piece": None, "source": style, "reason": f"only {done} usable pieces of {style}"}
             )
     wall = time.perf_counter() - started
-    audio_s = sum(p["audio_seconds"] for p in pieces)
-    synth_s = sum(p["synth_seconds"] for p in pieces)
+    audio_s = sum(p.get("audio_seconds", 0.0) for p in pieces)
+    synth_s = sum(p.get("synth_seconds", 0.0) for p in pieces)
     manifest = {
         "config": cfgmod.to_dict(cfg),
-        "soundfont": {"path": str(soundfont), "sha256": sha256_file(soundfont)},
+        "soundfont": None
+        if cfg.midi_only
+        else {"path": str(soundfont), "sha256": sha256_file(soundfont)},
         "renderer": "fluidsynth (reverb and chorus off)",
         "pieces": pieces,
         "failures": failures,

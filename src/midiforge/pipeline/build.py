@@ -24,8 +24,9 @@ from midiforge.pipeline.split import SPLITS, Expand, assign_splits
 log = logging.getLogger(__name__)
 
 
-def connect(address: str | None) -> None:
-    """Join Ray: an explicit address, the job's cluster, or a new local Ray on 127.0.0.1."""
+def connect(address: str | None, dashboard: bool = False) -> None:
+    """Join Ray: an explicit address, the job's cluster, or a new local Ray on 127.0.0.1
+    (with its dashboard on 127.0.0.1 when asked: training runs report metrics there)."""
     import ray
 
     if ray.is_initialized():
@@ -36,7 +37,12 @@ def connect(address: str | None) -> None:
         ray.init()
     else:
         # A local cluster advertises 127.0.0.1, never the machine's external address.
-        ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False)
+        ray.init(
+            address="local",
+            _node_ip_address="127.0.0.1",
+            include_dashboard=dashboard,
+            dashboard_host="127.0.0.1",
+        )
 
 
 def _map(ds, fn, c: StageCompute, **kw):
@@ -198,11 +204,13 @@ def build_dataset(cfg: DatasetConfig, address: str | None = None) -> dict[str, A
     meta = work.read_work(cfg.out, columns=meta_cols)
     meta = meta.filter(pa.array([p in ids for p in meta.column("piece_id").to_pylist()]))
     ok = meta.filter(pa.compute.equal(meta.column("status"), "ok"))
-    splits = assign_splits(
-        list(zip(ok.column("piece_id").to_pylist(), ok.column("tier").to_pylist(), strict=True)),
-        tuple(cfg.split),
-        cfg.seed,
+    strata = zip(
+        ok.column("piece_id").to_pylist(),
+        ok.column("tier").to_pylist(),
+        ok.column("style").to_pylist(),
+        strict=True,
     )
+    splits = assign_splits(list(strata), tuple(cfg.split), cfg.seed)
     _write_dataset(cfg, splits)
     rejected = meta.filter(pa.compute.equal(meta.column("status"), "rejected"))
     pq.write_table(

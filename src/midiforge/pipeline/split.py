@@ -1,6 +1,6 @@
-"""80/10/10 split by piece, stratified by tier; then augmentation of the chosen splits.
+"""80/10/10 split by piece, stratified by tier and style; then augmentation of the chosen splits.
 
-The split depends only on (seed, the set of accepted pieces and their tiers), never on
+The split depends only on (seed, the set of accepted pieces and their tiers and styles), never on
 the order work finished in, so resumed and uninterrupted runs agree. Augmented copies
 keep their piece's split: no piece crosses splits.
 """
@@ -37,12 +37,18 @@ def split_counts(n: int, fractions: tuple[float, float, float]) -> tuple[int, in
 
 
 def assign_splits(
-    pieces: list[tuple[str, int]], fractions: tuple[float, float, float], seed: int
+    pieces: list[tuple], fractions: tuple[float, float, float], seed: int
 ) -> dict[str, str]:
-    """{piece_id: split} for (piece_id, tier) pairs."""
+    """{piece_id: split} for (piece_id, *stratum) tuples, e.g. (piece_id, tier, style).
+
+    Each stratum is split on its own, so every style (of every tier) with 3+ pieces has
+    validation and test pieces: a style-conditioned model is evaluated on each style."""
     out: dict[str, str] = {}
-    for tier in sorted({t for _, t in pieces}):
-        ids = sorted({p for p, t in pieces if t == tier}, key=lambda p: _rank(seed, p))
+    strata: dict[tuple, set[str]] = {}
+    for p, *stratum in pieces:
+        strata.setdefault(tuple(stratum), set()).add(p)
+    for key in sorted(strata, key=repr):
+        ids = sorted(strata[key], key=lambda p: _rank(seed, p))
         n_train, n_val, _ = split_counts(len(ids), fractions)
         for i, p in enumerate(ids):
             out[p] = "train" if i < n_train else "val" if i < n_train + n_val else "test"

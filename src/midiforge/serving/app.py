@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 from fastapi import File, Query, UploadFile
 from fastapi.responses import Response
+from pydantic import BaseModel, Field
 from ray import serve
 
 from midiforge import config as cfgmod
@@ -86,6 +87,53 @@ class Transcriber:
         return list(self.loaded)
 
 
+@serve.deployment
+class Generation:
+    """MIDI generation: the rule baseline or exported language models from the registry,
+    up to 2 per replica (multiplexed by name), each on onnxruntime with its KV cache."""
+
+    def __init__(self, settings: dict[str, Any]):
+        self.settings = cfgmod.from_dict(ServeSettings, settings)
+        self.loaded: list[str] = []
+
+    @serve.multiplexed(max_num_models_per_replica=2)
+    async def get_model(self, model_id: str):
+        from midiforge.lm.generate import Generator
+
+        def load():
+            return Generator.load(
+                model_id, self.settings.models_root, threads=self.settings.threads
+            )
+
+        gen = await asyncio.get_running_loop().run_in_executor(None, load)
+        self.loaded = [*[m for m in self.loaded if m != model_id][-1:], model_id]
+        return gen
+
+    async def generate(self, request: dict[str, Any]) -> bytes:
+        from midiforge.lm.generate import GenerateRequest
+
+        gen = await self.get_model(serve.get_multiplexed_model_id())
+        req = GenerateRequest(**request)
+        loop = asyncio.get_running_loop()
+        return (await loop.run_in_executor(None, gen.generate, req)).midi
+
+    def models(self) -> list[str]:
+        return list(self.loaded)
+
+
+class GenerateBody(BaseModel):
+    model: str | None = None  # default: the service's generator_model
+    style: str = "fiddle"
+    key: str = "D major"
+    bpm: float = Field(120.0, ge=20, le=300)
+    bars: int = Field(16, ge=1, le=256)
+    temperature: float = Field(1.0, ge=0, le=5)
+    top_p: float = Field(0.95, gt=0, le=1)
+    seed: int = 0
+    time_signature: str = "4/4"
+    prompt_midi: str | None = None  # base64 MIDI to continue
+
+
 def _error(status: int, code: str, detail: str):
     from fastapi.responses import JSONResponse
 
@@ -134,6 +182,7 @@ def build_app(
     loader: Callable[[str], Any] | None = None,
     gateway_options: dict[str, Any] | None = None,
     transcriber_options: dict[str, Any] | None = None,
+    generator_options: dict[str, Any] | None = None,
 ):
     """The Serve application. `args` are ServeSettings fields; `loader` replaces the
     registry loader with any name -> model function; the options go to each deployment's
@@ -145,8 +194,9 @@ def build_app(
     @serve.deployment
     @serve.ingress(api)
     class Gateway:
-        def __init__(self, transcriber) -> None:
+        def __init__(self, transcriber, generator) -> None:
             self.transcriber = transcriber
+            self.generator = generator
 
         @api.get("/healthz")
         async def healthz(self) -> dict:
@@ -159,6 +209,10 @@ def build_app(
             reg = Registry(settings.models_root)
             return {
                 "transcriber": {"loaded": await self.transcriber.models.remote()},
+                "generator": {
+                    "default": settings.generator_model,
+                    "loaded": await self.generator.models.remote(),
+                },
                 "registry": [
                     {"name": m.name, "kind": m.kind, "version": m.version} for m in reg.list()
                 ],
@@ -208,10 +262,48 @@ def build_app(
             )
 
         @api.post("/v1/generate")
-        async def generate(self):
-            raise RequestError(
-                503, "not_configured", "no generator is configured for this service yet"
-            )
+        async def generate(self, body: GenerateBody | None = None):
+            import base64
+            import binascii
 
-    transcriber = Transcriber.options(**(transcriber_options or {})).bind(dict(args or {}), loader)
-    return Gateway.options(**(gateway_options or {})).bind(transcriber)
+            from midiforge.lm.generate import GenerateError
+            from midiforge.registry import RegistryError, validate_name
+
+            body = body or GenerateBody()
+            model = body.model or settings.generator_model
+            if not model:
+                raise RequestError(
+                    503,
+                    "not_configured",
+                    "no generator is configured: set generator_model in serve/config.yaml, "
+                    'or name one in the request ("model": "rules" is the rule baseline)',
+                )
+            try:
+                validate_name(model)
+            except RegistryError as e:
+                raise RequestError(400, "invalid_model_name", str(e)) from None
+            request = body.model_dump(exclude={"model"})
+            if body.prompt_midi:
+                try:
+                    request["prompt_midi"] = base64.b64decode(body.prompt_midi, validate=True)
+                except (binascii.Error, ValueError):
+                    raise RequestError(400, "invalid_prompt", "prompt_midi is not base64") from None
+            handle = self.generator.options(multiplexed_model_id=model)
+            try:
+                midi = await asyncio.wait_for(
+                    handle.generate.remote(request), settings.request_timeout_s
+                )
+            except TimeoutError:
+                raise RequestError(
+                    504, "timeout", f"over {settings.request_timeout_s:g} s"
+                ) from None
+            except RegistryError as e:
+                raise RequestError(404, "unknown_model", str(e)) from None
+            except (GenerateError, ValueError) as e:
+                raise RequestError(422, "invalid_request", str(e)) from None
+            return Response(midi, media_type="audio/midi")
+
+    settings_dict = dict(args or {})
+    transcriber = Transcriber.options(**(transcriber_options or {})).bind(settings_dict, loader)
+    generator = Generation.options(**(generator_options or {})).bind(settings_dict)
+    return Gateway.options(**(gateway_options or {})).bind(transcriber, generator)

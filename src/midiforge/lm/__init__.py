@@ -1,0 +1,1 @@
+"""Genre generation: a MIDI transformer, LoRA fine-tuning, ONNX export, generation, evaluation."""

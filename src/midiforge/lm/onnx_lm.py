@@ -1,0 +1,97 @@
+"""Run an LM exported by lm.export with onnxruntime, one token per call through its KV cache.
+
+Everything the runtime needs (layers, kv heads, head dim, vocabulary) is read from the
+graph's own inputs and outputs, so an INT8 copy works without its export.json. Sequences
+are unpadded and run one at a time (batch 1): the graph has no attention mask.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from midiforge.errors import MidiforgeError
+from midiforge.lm.export import past_names, present_names
+from midiforge.transcription.runner import providers_for
+
+
+@dataclass(frozen=True)
+class KVCache:
+    """The present tensors of the last call, in past_key_values.* input order, and how many
+    positions they cover (the next token's position id)."""
+
+    arrays: tuple[np.ndarray, ...]
+    length: int
+
+
+class OnnxCausalLM:
+    """One onnxruntime session over an exported causal LM."""
+
+    def __init__(
+        self,
+        onnx_path: str | Path,
+        device: str = "cpu",
+        intra_op_threads: int = 0,
+        inter_op_threads: int = 0,
+    ) -> None:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        # 0 lets onnxruntime use every core it is given; a Ray actor or a benchmark sets less.
+        opts.intra_op_num_threads = intra_op_threads
+        opts.inter_op_num_threads = inter_op_threads
+        self.path = Path(onnx_path)
+        self.session = ort.InferenceSession(str(self.path), opts, providers=providers_for(device))
+        inputs = {i.name: i for i in self.session.get_inputs()}
+        outputs = {o.name: o for o in self.session.get_outputs()}
+        n_layers = sum(name.startswith("past_key_values.") for name in inputs) // 2
+        self.past_names = past_names(n_layers)
+        self.present_names = present_names(n_layers)
+        expected_in = {"input_ids", "position_ids", *self.past_names}
+        expected_out = {"logits", *self.present_names}
+        if n_layers == 0 or set(inputs) != expected_in or set(outputs) != expected_out:
+            raise MidiforgeError(
+                f"{self.path} is not a midiforge LM export: inputs {sorted(inputs)}, "
+                f"outputs {sorted(outputs)}"
+            )
+        _, kv_heads, _, head_dim = inputs[self.past_names[0]].shape
+        vocab = outputs["logits"].shape[-1]
+        if not all(isinstance(d, int) for d in (kv_heads, head_dim, vocab)):
+            raise MidiforgeError(f"{self.path}: kv heads, head dim and vocab must be fixed sizes")
+        self.num_layers, self.kv_heads, self.head_dim = n_layers, kv_heads, head_dim
+        self.vocab_size = vocab
+        self._outputs = ["logits", *self.present_names]
+
+    def empty_cache(self) -> KVCache:
+        empty = np.zeros((1, self.kv_heads, 0, self.head_dim), np.float32)
+        return KVCache(tuple(empty for _ in self.past_names), 0)
+
+    def forward(self, ids: np.ndarray, cache: KVCache) -> tuple[np.ndarray, KVCache]:
+        """ids (1, n) int64 following the cache -> logits (1, n, vocab) and the grown cache."""
+        ids = np.asarray(ids, dtype=np.int64)
+        if ids.ndim != 2 or ids.shape[0] != 1 or ids.shape[1] == 0:
+            raise ValueError(f"ids must have shape (1, n) with n >= 1, got {ids.shape}")
+        n = ids.shape[1]
+        feed = {
+            "input_ids": ids,
+            "position_ids": np.arange(cache.length, cache.length + n, dtype=np.int64)[None],
+            **dict(zip(self.past_names, cache.arrays, strict=True)),
+        }
+        logits, *present = self.session.run(self._outputs, feed)
+        return logits, KVCache(tuple(present), cache.length + n)
+
+    def prefill(self, ids: np.ndarray) -> tuple[np.ndarray, KVCache]:
+        """A prompt (1, n) -> the last position's logits (vocab,) and the cache after it."""
+        logits, cache = self.forward(ids, self.empty_cache())
+        return logits[0, -1], cache
+
+    def step(self, token_id: int, cache: KVCache) -> tuple[np.ndarray, KVCache]:
+        """One token after `cache` -> its logits (vocab,) and the cache including it."""
+        logits, cache = self.forward(np.array([[token_id]], dtype=np.int64), cache)
+        return logits[0, -1], cache
+
+    def logits(self, ids: np.ndarray) -> np.ndarray:
+        """Every position's logits (1, n, vocab) in one pass from an empty cache."""
+        return self.forward(ids, self.empty_cache())[0]

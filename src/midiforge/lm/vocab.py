@@ -1,0 +1,111 @@
+"""The language model's vocabulary: the dataset's MidiTok REMI tokens, then conditioning tokens.
+
+A training sequence is [BOS, Style_<s>, Key_<k>, REMI tokens ..., (EOS at a piece's end)].
+Conditioning ids come after the tokenizer's, so a REMI id means the same in the model as in
+the dataset. Style tokens are slots bound to names as styles appear: a base model keeps
+free slots, so fine-tuning on a style it never saw gives that style its own token (whose
+embedding row the LoRA run trains) instead of reusing another style's.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+STYLE_SLOTS = 32
+PITCH_CLASSES = ("C", "C#", "D", "E-", "E", "F", "F#", "G", "A-", "A", "B-", "B")
+_LETTER = {"C": 0, "D": 2, "E": 4, "F": 5, "G": 7, "A": 9, "B": 11}
+_KEY_RE = re.compile(r"^\s*([A-Ga-g])([#b-]*)\s*(major|minor|maj|min|m)?\s*$", re.IGNORECASE)
+
+
+class KeyNameError(ValueError):
+    """A key name that cannot be parsed."""
+
+
+def parse_key(name: str) -> tuple[int, str]:
+    """'A minor' | 'Am' | 'E- major' | 'Bb' | 'f#m' -> (tonic pitch class, 'major'|'minor')."""
+    m = _KEY_RE.match(name or "")
+    if not m:
+        raise KeyNameError(f"not a key: {name!r} (write e.g. 'Am', 'A minor', 'D', 'E- major')")
+    letter, acc, mode = m.groups()
+    pc = _LETTER[letter.upper()] + acc.count("#") - acc.count("b") - acc.count("-")
+    minor = (mode or "").lower() in ("minor", "min", "m") or (not mode and letter.islower())
+    return pc % 12, "minor" if minor else "major"
+
+
+def key_token(name: str, transpose: int = 0) -> str:
+    pc, mode = parse_key(name)
+    return f"Key_{PITCH_CLASSES[(pc + transpose) % 12]}{'m' if mode == 'minor' else ''}"
+
+
+def key_name(token: str) -> str:
+    """'Key_Am' -> 'A minor' (music21's spelling, as the dataset's key column has it)."""
+    body = token.removeprefix("Key_")
+    minor = body.endswith("m")
+    return f"{body.removesuffix('m') if minor else body} {'minor' if minor else 'major'}"
+
+
+KEY_TOKENS = tuple(f"Key_{p}{m}" for m in ("", "m") for p in PITCH_CLASSES)
+
+
+@dataclass
+class LMVocab:
+    """Ids: [0, base_size) are the tokenizer's; then style slots; then the 24 keys."""
+
+    base_size: int
+    styles: list[str] = field(default_factory=list)  # slot i is bound to styles[i]
+    bos: int = 1
+    eos: int = 2
+    pad: int = 0
+
+    @classmethod
+    def for_tokenizer(cls, tokenizer, styles: list[str] = ()) -> LMVocab:
+        v = tokenizer.vocab
+        return cls(
+            base_size=len(v),
+            styles=sorted(set(styles)),
+            bos=v["BOS_None"],
+            eos=v["EOS_None"],
+            pad=v["PAD_None"],
+        )
+
+    @property
+    def size(self) -> int:
+        return self.base_size + STYLE_SLOTS + len(KEY_TOKENS)
+
+    def style_id(self, style: str) -> int:
+        if style not in self.styles:
+            raise ValueError(f"style {style!r} has no token; known: {', '.join(self.styles)}")
+        return self.base_size + self.styles.index(style)
+
+    def add_style(self, style: str) -> int:
+        """Bind a free slot to a new style (fine-tuning); returns its id."""
+        if style not in self.styles:
+            if len(self.styles) >= STYLE_SLOTS:
+                raise ValueError(f"all {STYLE_SLOTS} style slots are taken")
+            self.styles.append(style)
+        return self.style_id(style)
+
+    def key_id(self, key: str, transpose: int = 0) -> int:
+        return self.base_size + STYLE_SLOTS + KEY_TOKENS.index(key_token(key, transpose))
+
+    def prefix(self, style: str, key: str, transpose: int = 0) -> list[int]:
+        return [self.bos, self.style_id(style), self.key_id(key, transpose)]
+
+    def is_conditioning(self, token_id: int) -> bool:
+        return token_id >= self.base_size
+
+    def save(self, path: str | Path) -> None:
+        data = {"base_size": self.base_size, "styles": self.styles, "bos": self.bos,
+                "eos": self.eos, "pad": self.pad, "style_slots": STYLE_SLOTS,
+                "keys": list(KEY_TOKENS)}  # fmt: skip
+        Path(path).write_text(json.dumps(data, indent=2))
+
+    @classmethod
+    def load(cls, path: str | Path) -> LMVocab:
+        d = json.loads(Path(path).read_text())
+        if d.get("style_slots") != STYLE_SLOTS or d.get("keys") != list(KEY_TOKENS):
+            raise ValueError(f"{path}: conditioning layout differs from this midiforge version")
+        return cls(d["base_size"], list(d["styles"]), d["bos"], d["eos"], d["pad"])

@@ -1,0 +1,229 @@
+"""The language model end to end on a local Ray: corpus MIDI -> dataset job -> debug
+pretrain (Ray Train) -> LoRA fine-tune -> ONNX export -> generate -> evaluate."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from midiforge import config as cfgmod
+from midiforge import midi_io
+
+BIN = Path(sys.executable).parent
+DEBUG = ["--schedule.max_steps=10", "--schedule.eval_every=5"]
+
+
+@pytest.fixture(scope="module")
+def lm_dataset(ray_local, tmp_path_factory):
+    """12 fiddle tunes (the fine-tuning style) and 4 folk + 4 chorale pieces, 30 s each,
+    through the real dataset job; one augmented copy per train piece keeps it quick."""
+    from midiforge.corpus_render import RenderConfig, render_corpus
+    from midiforge.pipeline.build import build_dataset
+    from midiforge.pipeline.config import DatasetConfig
+
+    root = tmp_path_factory.mktemp("lm")
+    for styles, n in ((["fiddle"], 12), (["folk", "chorale"], 4)):
+        render_corpus(RenderConfig(styles=styles, per_style=n, seconds=30.0, midi_only=True,
+                                   out=str(root / f"corpus-{n}")))  # fmt: skip
+    cfg = cfgmod.load(
+        DatasetConfig,
+        None,
+        ["--augment.transpose_all_keys=false", "--augment.octave_shift=true"],
+        midi=[str(root / "corpus-12" / "midi"), str(root / "corpus-4" / "midi")],
+        style_from_folder=True,
+        out=str(root / "dataset"),
+    )
+    build_dataset(cfg)
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(lm_dataset):
+    """(registry root, base name, LoRA name, base weights) after pretrain + finetune."""
+    from midiforge.lm.command import run_finetune, run_pretrain
+    from midiforge.lm.train import _load_base
+
+    models = str(lm_dataset / "models")
+    storage = str(lm_dataset / "runs")
+    common = {
+        "dataset": str(lm_dataset / "dataset"),
+        "models_root": models,
+        "storage": storage,
+        "config": None,
+        "seed": 0,
+        "workers": None,
+        "gpu": False,
+    }
+    args = _ns(**common, out="base", preset="debug", exclude_style=None, init_from=None)
+    assert run_pretrain(args, DEBUG) == 0
+    hf_dir, _, _ = _load_base("base", models)
+    base_weights = _state(hf_dir)
+    args = _ns(**common, out="lora", base="base", style="fiddle")
+    assert run_finetune(args, [*DEBUG, "--schedule.seq_len=96", "--schedule.batch_size=4"]) == 0
+    return models, storage, base_weights
+
+
+def _ns(**kw):
+    import argparse
+
+    return argparse.Namespace(**kw)
+
+
+def _state(hf_dir) -> dict[str, np.ndarray]:
+    from safetensors.numpy import load_file
+
+    return load_file(str(Path(hf_dir) / "model.safetensors"))
+
+
+def test_pretraining_leaves_the_target_style_out_and_registers_the_model(trained):
+    from midiforge import registry
+
+    models, _, _ = trained
+    m = registry.Registry(models).manifest("base")
+    assert m.kind == "lm"
+    assert "fiddle" not in m.metrics["styles"] and {"folk", "chorale"} <= set(m.metrics["styles"])
+    assert m.metrics["steps"] == 10 and math.isfinite(m.metrics["best_val_loss"])
+    vocab = json.loads((registry.Registry(models).fetch("base") / "vocab.json").read_text())
+    assert "fiddle" not in vocab["styles"]
+
+
+def test_lora_changes_only_adapter_weights(trained):
+    """The merged model differs from the base only in the q/v projections (LoRA) and in the
+    new style token's embedding row; every other tensor is bit-identical."""
+    from midiforge import registry
+    from midiforge.lm.vocab import LMVocab
+
+    models, _, base = trained
+    folder = registry.Registry(models).fetch("lora")
+    merged = _state(folder / "hf")
+    vocab = LMVocab.load(folder / "vocab.json")
+    fiddle = vocab.style_id("fiddle")
+    assert set(merged) == set(base)
+    changed = {k for k in base if not np.array_equal(base[k], merged[k])}
+    assert changed, "fine-tuning changed nothing"
+    for k in changed:
+        assert k.endswith(("q_proj.weight", "v_proj.weight", "embed_tokens.weight")), k
+    emb = next(k for k in base if k.endswith("embed_tokens.weight"))
+    rows = np.flatnonzero(np.any(base[emb] != merged[emb], axis=1))
+    assert rows.tolist() == [fiddle]
+    assert (folder / "adapter" / "adapter_config.json").is_file()
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert 0 < metrics["trainable_share"] < 0.5 and metrics["new_style_token"] is True
+
+
+@pytest.fixture(scope="module")
+def exported(trained):
+    from midiforge.lm.publish import export_registered
+
+    models, _, _ = trained
+    info = export_registered("lora", int8=True, models_root=models)
+    assert info["int8_bytes"] < info["onnx_bytes"]
+    export_registered("base", models_root=models)
+    return models
+
+
+def test_onnx_export_matches_torch(exported):
+    import torch
+
+    from midiforge import registry
+    from midiforge.lm.model import load_hf
+    from midiforge.lm.onnx_lm import OnnxCausalLM
+
+    folder = registry.Registry(exported).fetch("lora")
+    net = load_hf(folder / "hf").eval()
+    lm = OnnxCausalLM(folder / "model.onnx")
+    ids = np.random.default_rng(0).integers(3, lm.vocab_size, size=(1, 40))
+    with torch.no_grad():
+        ref = net(input_ids=torch.from_numpy(ids)).logits.numpy()
+    assert np.abs(lm.logits(ids) - ref).max() < 1e-4
+
+
+@pytest.mark.parametrize("model", ["rules", "lora"])
+def test_generate_gives_exactly_the_bars_asked_and_repeats_per_seed(exported, tmp_path, model):
+    from midiforge.cli import main
+
+    outs = []
+    for i, (bars, seed) in enumerate(((4, 1), (4, 1), (7, 2))):
+        out = tmp_path / f"{i}.mid"
+        argv = ["generate", "--model", model, "--style", "fiddle", "--key", "Am", "--bpm", "140",
+                "--bars", str(bars), "--seed", str(seed), "--out", str(out),
+                "--models-root", exported]  # fmt: skip
+        assert main(argv) == 0
+        pm = midi_io.load_midi(out.read_bytes())
+        bar_s = 4 * 60 / 140
+        assert pm.get_end_time() == pytest.approx(bars * bar_s, abs=0.02)
+        assert all(n.start < bars * bar_s for i_ in pm.instruments for n in i_.notes)
+        outs.append(out.read_bytes())
+    assert outs[0] == outs[1]  # same seed, same MIDI
+    assert outs[0] != outs[2]
+
+
+def test_generate_rejects_an_unknown_style_clearly(exported, tmp_path, capsys):
+    from midiforge.cli import main
+
+    argv = ["generate", "--model", "lora", "--style", "techno", "--out", str(tmp_path / "x.mid"),
+            "--models-root", exported]  # fmt: skip
+    assert main(argv) == 2
+    assert "techno" in capsys.readouterr().err
+
+
+def test_evaluate_writes_results_for_every_config(exported, lm_dataset, tmp_path):
+    from midiforge.lm.evaluate import evaluate
+
+    res = evaluate(["rules", "base", "lora"], str(lm_dataset / "dataset"), "fiddle", n=6,
+                   bars=8, out=str(tmp_path), models_root=exported)  # fmt: skip
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert data["style"] == "fiddle" and data["n"] == 6
+    assert set(data["configs"]) == {"rules", "base", "lora"}
+    assert data["configs"]["rules"]["perplexity"] is None
+    for name in ("base", "lora"):
+        assert data["configs"][name]["perplexity"] > 1
+    assert data["conditioning"] == {"rules": "fiddle", "base": "folk", "lora": "fiddle"}
+    assert {"rules_vs_base", "rules_vs_lora", "base_vs_lora"} <= set(data["wilcoxon"])
+    assert (tmp_path / "results.md").is_file() and (tmp_path / "results.png").is_file()
+    assert res["configs"]["lora"]["pch_kl"] == data["configs"]["lora"]["pch_kl"]
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+
+
+def test_pretraining_killed_midway_resumes_from_its_checkpoint(lm_dataset, tmp_path):
+    """A run killed after its first checkpoint, started again with the same command, goes on
+    from that checkpoint (not from step 0) and finishes at the step budget."""
+    storage = tmp_path / "runs"
+    cmd = [str(BIN / "midiforge"), "lm", "pretrain", "--dataset", str(lm_dataset / "dataset"),
+           "--preset", "debug", "--out", "killed", "--storage", str(storage),
+           "--models-root", str(tmp_path / "models"), "--schedule.epochs=1000",
+           "--schedule.max_steps=400", "--schedule.eval_every=5"]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+                            start_new_session=True)  # fmt: skip
+    run_dir = storage / "pretrain-killed"
+    deadline = time.monotonic() + 240
+    while not list(run_dir.glob("checkpoint_*")):
+        assert proc.poll() is None, "the run ended before its first checkpoint"
+        assert time.monotonic() < deadline, "no checkpoint within 240 s"
+        time.sleep(0.5)
+    time.sleep(1.0)
+    _kill_group(proc)
+    again = [*cmd[:-2], "--schedule.max_steps=40", "--schedule.eval_every=5"]
+    done = subprocess.run(again, check=False, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    from midiforge import registry
+
+    m = registry.Registry(str(tmp_path / "models")).manifest("killed").metrics
+    assert m["steps"] == 40
+    assert m["resumed_from_step"] >= 5
