@@ -28,9 +28,13 @@ def torch_generate(gen, req) -> tuple[float, int]:
     from midiforge.lm.grammar import nearest_tempo_token
 
     grammar = gen.grammar
-    state = {"s": grammar.start(req.bars, time_signature=req.time_signature,
-                                tempo_token=nearest_tempo_token(gen.tokenizer, req.bpm)),
-             "n0": None}  # fmt: skip
+    start = grammar.start(
+        req.bars,
+        time_signature=req.time_signature,
+        tempo_token=nearest_tempo_token(gen.tokenizer, req.bpm),
+        programs=req.programs or gen.vocab.programs.get(req.style),
+    )
+    state = {"s": start, "n0": None}
 
     class Grammar(LogitsProcessor):
         def __call__(self, input_ids, scores):
@@ -70,6 +74,7 @@ def main() -> None:
     ap.add_argument("--bars", type=int, default=16)
     ap.add_argument("--runs", type=int, default=7)
     ap.add_argument("--torch-threads", type=int, default=2)
+    ap.add_argument("--program", type=int, action="append", help="default: the style's")
     args = ap.parse_args()
 
     import os
@@ -86,8 +91,8 @@ def main() -> None:
     int8 = NeuralGenerator(folder, args.model, int8=True)
     fp32.torch_model = load_hf(folder / "hf").eval()
     style = fp32.style_for(args.style)
-    reqs = [GenerateRequest(style=style, key="D major", bpm=120, bars=args.bars, seed=s)
-            for s in range(args.runs)]  # fmt: skip
+    reqs = [GenerateRequest(style=style, key="D major", bpm=120, bars=args.bars, seed=s,
+                            programs=args.program) for s in range(args.runs)]  # fmt: skip
     print(f"{args.model}: {sum(p.numel() for p in fp32.torch_model.parameters()):,} parameters, "
           f"{args.bars} bars, {args.runs} runs, {os.cpu_count()} CPUs")  # fmt: skip
     rows = {}

@@ -132,6 +132,9 @@ def add_generate(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top-p", type=float, default=0.95)
     p.add_argument("--int8", action="store_true", help="use the INT8 model")
+    p.add_argument(
+        "--program", type=int, action="append", help="GM program to play (default: the style's)"
+    )
     p.add_argument("--out", required=True, help="output .mid")
     _common(p)
 
@@ -145,6 +148,7 @@ def run_generate(args: argparse.Namespace, overrides: list[str]) -> int:
         style=args.style, key=args.key, bpm=args.bpm, bars=args.bars,
         temperature=args.temperature, top_p=args.top_p, seed=args.seed or 0,
         prompt_midi=Path(args.prompt).read_bytes() if args.prompt else None,
+        programs=args.program,
     )  # fmt: skip
     gen = Generator.load(args.model, models_root=args.models_root, int8=args.int8)
     result = gen.generate(req)

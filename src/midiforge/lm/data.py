@@ -89,6 +89,22 @@ def read_pieces(
     return pieces
 
 
+def style_programs(pieces: list[Piece], tokenizer, min_share: float = 0.01) -> dict[str, list[int]]:
+    """{style: GM programs} that make up at least `min_share` of each style's notes."""
+    from collections import Counter
+
+    program_of = {i: int(n.removeprefix("Program_")) for n, i in tokenizer.vocab.items()
+                  if n.startswith("Program_")}  # fmt: skip
+    counts: dict[str, Counter] = {}
+    for p in pieces:
+        c = counts.setdefault(p.style, Counter())
+        c.update(program_of[t] for t in p.tokens.tolist() if t in program_of)
+    return {
+        s: sorted(g for g, n in c.items() if n >= min_share * sum(c.values()))
+        for s, c in counts.items()
+    }
+
+
 def bar_starts(tokens: np.ndarray, bar_id: int) -> np.ndarray:
     return np.flatnonzero(tokens == bar_id)
 

@@ -51,6 +51,35 @@ def reference_rows(dataset: str, style: str) -> list[dict[str, Any]]:
     return rows
 
 
+def _train_programs(dataset: str) -> dict[str, list[int]]:
+    """{style: GM programs of its train split}: each configuration plays the instruments of
+    the style it is conditioned on, as a user of that model would get by default."""
+    import tempfile
+
+    from midiforge.lm import data
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer = data.load_tokenizer(dataset, tmp)
+    return data.style_programs(data.read_pieces(dataset, "train"), tokenizer)
+
+
+def _token_time_signatures(dataset: str, rows: list[dict[str, Any]]) -> list[str]:
+    """Each reference piece's time signature as its tokens spell it (the tokenizer writes
+    2/2 as 4/4, for one), so every generator is asked for one it can write."""
+    import tempfile
+
+    from midiforge.lm.data import load_tokenizer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        inv = {v: k for k, v in load_tokenizer(dataset, tmp).vocab.items()}
+    out = []
+    for r in rows:
+        names = (inv.get(t, "") for t in r["tokens"])
+        ts = next((n.removeprefix("TimeSig_") for n in names if n.startswith("TimeSig_")), "4/4")
+        out.append(ts)
+    return out
+
+
 def _data_error(msg: str) -> Exception:
     from midiforge.lm.data import DataError
 
@@ -80,6 +109,8 @@ def evaluate(  # noqa: PLR0917 - mirrors the command's flags
     from midiforge.lm.generate import GenerateRequest, Generator
 
     rows = reference_rows(dataset, style)
+    timesigs = _token_time_signatures(dataset, rows)
+    programs = _train_programs(dataset)
     reference = [
         _piece(r["midi"], _bar_seconds(_bpm(r), r["time_signature"]), r["key"]) for r in rows
     ]
@@ -95,7 +126,8 @@ def evaluate(  # noqa: PLR0917 - mirrors the command's flags
             r = rows[i % len(rows)]
             req = GenerateRequest(
                 style=cond_style, key=r["key"], bpm=round(_bpm(r)), bars=bars,
-                time_signature=r["time_signature"] or "4/4", seed=seed + i,
+                time_signature=timesigs[i % len(rows)],
+                programs=programs.get(cond_style), seed=seed + i,
             )  # fmt: skip
             res = gen.generate(req)
             pieces.append(_piece(res.midi, _bar_seconds(req.bpm, req.time_signature), req.key))
@@ -106,6 +138,7 @@ def evaluate(  # noqa: PLR0917 - mirrors the command's flags
         log.info("%s: %d melodies, perplexity %s", name, n, perplexity[name])
     results = metrics.evaluate_configs(reference, configs, perplexity)
     results = {"style": style, **results, "conditioning": conditioning, "bars": bars,
+               "programs": {name: programs.get(s) for name, s in conditioning.items()},
                "reference_pieces": len(reference), "seed": seed}  # fmt: skip
     Path(out).mkdir(parents=True, exist_ok=True)
     metrics.write_results(results, out)

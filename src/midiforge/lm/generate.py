@@ -37,6 +37,7 @@ class GenerateRequest:
     seed: int = 0
     time_signature: str = "4/4"
     prompt_midi: bytes | None = None  # its first bars open the piece and count towards `bars`
+    programs: list[int] | None = None  # GM programs to play; None = the style's own
 
     def check(self) -> None:
         from midiforge.lm.vocab import parse_key
@@ -116,8 +117,9 @@ class RulesGenerator(Generator):
 
         req.check()
         t0 = time.perf_counter()
+        kw = {"program": req.programs[0]} if req.programs else {}
         midi = generate_rules(
-            req.key, req.bpm, req.bars, req.seed, time_signature=req.time_signature
+            req.key, req.bpm, req.bars, req.seed, time_signature=req.time_signature, **kw
         )
         return GenerateResult(midi, req.bars, _count_notes(midi), 0, time.perf_counter() - t0)
 
@@ -211,10 +213,18 @@ class NeuralGenerator(Generator):
         from midiforge.lm.grammar import nearest_tempo_token
 
         if not prompt:
+            vocab = self.tokenizer.vocab
+            known = sorted(k.removeprefix("TimeSig_") for k in vocab if k.startswith("TimeSig_"))
+            if known and req.time_signature not in known:
+                raise GenerateError(
+                    f"time signature {req.time_signature} is not in {self.name}'s vocabulary; "
+                    f"choose from {', '.join(known)}"
+                )
             return self.grammar.start(
                 req.bars,
                 time_signature=req.time_signature,
                 tempo_token=nearest_tempo_token(self.tokenizer, req.bpm),
+                programs=req.programs or self.vocab.programs.get(req.style),
             )
         inv = {v: k for k, v in self.tokenizer.vocab.items()}
         names = [inv[t] for t in prompt]
@@ -231,6 +241,18 @@ class NeuralGenerator(Generator):
                 error = e
         raise GenerateError(f"prompt MIDI does not fit the REMI grammar: {error}")
 
+    def _context(self, out: list[int]) -> list[int]:
+        """What the model sees behind the prefix once the sequence outgrows its training
+        length: the model only ever saw `seq_len`-token windows that start on a Bar, so
+        positions past that are untrained. The window slides: the context restarts at the
+        earliest Bar that leaves about half a window of music, as training windows do."""
+        half = (self.seq_len - 3) // 2
+        if len(out) <= self.seq_len - 3 - 1:
+            return out
+        bar = self.tokenizer.vocab["Bar_None"]
+        starts = [i for i, t in enumerate(out) if t == bar and len(out) - i <= half]
+        return out[starts[0] :] if starts else out[-half:]
+
     def generate(self, req: GenerateRequest) -> GenerateResult:
         from midiforge.lm.grammar import decode_to_midi
 
@@ -243,16 +265,20 @@ class NeuralGenerator(Generator):
         rng = np.random.default_rng(req.seed)
         prompt = self._prompt_ids(req)
         state = self._start(req, prompt)
-        ids = self.vocab.prefix(req.style, req.key) + prompt
-        logits, cache = self.lm.prefill(np.asarray([ids], np.int64))
+        prefix = self.vocab.prefix(req.style, req.key)
         out = list(prompt)
+        logits, cache = self.lm.prefill(np.asarray([prefix + self._context(out)], np.int64))
         while not self.grammar.finished(state):
             tok = sample(logits, self.grammar.mask(state), req.temperature, req.top_p, rng)
             state = self.grammar.advance(state, tok)
             out.append(tok)
             if self.grammar.finished(state):
                 break
-            logits, cache = self.lm.step(tok, cache)
+            if cache.length >= self.seq_len:
+                ids = prefix + self._context(out)
+                logits, cache = self.lm.prefill(np.asarray([ids], np.int64))
+            else:
+                logits, cache = self.lm.step(tok, cache)
         midi = at_bpm(decode_to_midi(self.tokenizer, out, req.bars), req.bpm)
         return GenerateResult(
             midi, req.bars, _count_notes(midi), len(out), time.perf_counter() - t0

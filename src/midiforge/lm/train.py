@@ -154,6 +154,7 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
             f"excluding {cfg.exclude_styles})"
         )
     vocab = LMVocab.for_tokenizer(tokenizer, styles)
+    vocab.programs = lm_data.style_programs(train, tokenizer)
     sched, arch = cfg.schedule, cfg.architecture
     _connect()
     train_ds, n_train = _windows_ds(train, vocab, sched.seq_len, bar_id, "training")
@@ -237,6 +238,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
             f"{cfg.dataset}: style {cfg.style!r} needs train and val pieces "
             f"(found {len(train)} train, {len(val)} val)"
         )
+    vocab.programs[cfg.style] = lm_data.style_programs(train, tokenizer)[cfg.style]
     bar_id = tokenizer.vocab["Bar_None"]
     sched = cfg.schedule
     _connect()

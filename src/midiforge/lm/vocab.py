@@ -56,6 +56,9 @@ class LMVocab:
 
     base_size: int
     styles: list[str] = field(default_factory=list)  # slot i is bound to styles[i]
+    # GM programs each style was trained on: generation plays a style on its instruments
+    # unless asked otherwise (a program the model never saw with a style has no music).
+    programs: dict[str, list[int]] = field(default_factory=dict)
     bos: int = 1
     eos: int = 2
     pad: int = 0
@@ -98,7 +101,8 @@ class LMVocab:
         return token_id >= self.base_size
 
     def save(self, path: str | Path) -> None:
-        data = {"base_size": self.base_size, "styles": self.styles, "bos": self.bos,
+        data = {"base_size": self.base_size, "styles": self.styles, "programs": self.programs,
+                "bos": self.bos,
                 "eos": self.eos, "pad": self.pad, "style_slots": STYLE_SLOTS,
                 "keys": list(KEY_TOKENS)}  # fmt: skip
         Path(path).write_text(json.dumps(data, indent=2))
@@ -108,4 +112,5 @@ class LMVocab:
         d = json.loads(Path(path).read_text())
         if d.get("style_slots") != STYLE_SLOTS or d.get("keys") != list(KEY_TOKENS):
             raise ValueError(f"{path}: conditioning layout differs from this midiforge version")
-        return cls(d["base_size"], list(d["styles"]), d["bos"], d["eos"], d["pad"])
+        programs = {k: [int(p) for p in v] for k, v in (d.get("programs") or {}).items()}
+        return cls(d["base_size"], list(d["styles"]), programs, d["bos"], d["eos"], d["pad"])

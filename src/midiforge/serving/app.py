@@ -132,6 +132,7 @@ class GenerateBody(BaseModel):
     seed: int = 0
     time_signature: str = "4/4"
     prompt_midi: str | None = None  # base64 MIDI to continue
+    programs: list[int] | None = None  # GM programs; default: the style's own
 
 
 def _error(status: int, code: str, detail: str):
