@@ -4,18 +4,8 @@ The same flags as `midiforge dataset build`; on the cluster the driver joins the
 Ray cluster (RAY_ADDRESS is set by the job supervisor).
 """
 
-import argparse
-import logging
-import sys
-
+from midiforge.job import run_job
 from midiforge.pipeline import command
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__)
-    command.add_arguments(parser)
-    args, rest = parser.parse_known_args()
-    overrides = [a for a in rest if a.startswith("--") and "=" in a]
-    if len(overrides) != len(rest):
-        parser.error(f"unrecognized arguments: {' '.join(a for a in rest if a not in overrides)}")
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    sys.exit(command.run(args, overrides))
+    run_job(__doc__, command.add_arguments, command.run)

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import logging
 import math
+import tempfile
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from midiforge import midi_io
+from midiforge.lm import data as lm_data
 from midiforge.lm import metrics
+from midiforge.lm.data import DataError
 
 log = logging.getLogger(__name__)
 
@@ -47,43 +48,15 @@ def reference_rows(dataset: str, style: str) -> list[dict[str, Any]]:
     ]
     rows.sort(key=lambda r: r["piece_id"])
     if not rows:
-        raise _data_error(f"{dataset}: no test pieces of style {style!r}")
+        raise DataError(f"{dataset}: no test pieces of style {style!r}")
     return rows
 
 
-def _train_programs(dataset: str) -> dict[str, list[int]]:
-    """{style: GM programs of its train split}: each configuration plays the instruments of
-    the style it is conditioned on, as a user of that model would get by default."""
-    import tempfile
-
-    from midiforge.lm import data
-
-    with tempfile.TemporaryDirectory() as tmp:
-        tokenizer = data.load_tokenizer(dataset, tmp)
-    return data.style_programs(data.read_pieces(dataset, "train"), tokenizer)
-
-
-def _token_time_signatures(dataset: str, rows: list[dict[str, Any]]) -> list[str]:
-    """Each reference piece's time signature as its tokens spell it (the tokenizer writes
-    2/2 as 4/4, for one), so every generator is asked for one it can write."""
-    import tempfile
-
-    from midiforge.lm.data import load_tokenizer
-
-    with tempfile.TemporaryDirectory() as tmp:
-        inv = {v: k for k, v in load_tokenizer(dataset, tmp).vocab.items()}
-    out = []
-    for r in rows:
-        names = (inv.get(t, "") for t in r["tokens"])
-        ts = next((n.removeprefix("TimeSig_") for n in names if n.startswith("TimeSig_")), "4/4")
-        out.append(ts)
-    return out
-
-
-def _data_error(msg: str) -> Exception:
-    from midiforge.lm.data import DataError
-
-    return DataError(msg)
+def _time_signature(tokens, inv: dict[int, str]) -> str:
+    """A piece's time signature as its tokens spell it (the tokenizer writes 2/2 as 4/4,
+    for one), so every generator is asked for one it can write."""
+    names = (inv.get(t, "") for t in tokens)
+    return next((n.removeprefix("TimeSig_") for n in names if n.startswith("TimeSig_")), "4/4")
 
 
 def _piece(midi: bytes, bar_s: float, key: str) -> metrics.Piece:
@@ -109,8 +82,13 @@ def evaluate(  # noqa: PLR0917 - mirrors the command's flags
     from midiforge.lm.generate import GenerateRequest, Generator
 
     rows = reference_rows(dataset, style)
-    timesigs = _token_time_signatures(dataset, rows)
-    programs = _train_programs(dataset)
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer = lm_data.load_tokenizer(dataset, tmp)
+    inv = {v: k for k, v in tokenizer.vocab.items()}
+    timesigs = [_time_signature(r["tokens"], inv) for r in rows]
+    # Each configuration plays the instruments of the style it is conditioned on (its
+    # train split's), as a user of that model gets by default.
+    programs = lm_data.style_programs(lm_data.read_pieces(dataset, "train"), tokenizer)
     reference = [
         _piece(r["midi"], _bar_seconds(_bpm(r), r["time_signature"]), r["key"]) for r in rows
     ]
@@ -143,10 +121,3 @@ def evaluate(  # noqa: PLR0917 - mirrors the command's flags
     Path(out).mkdir(parents=True, exist_ok=True)
     metrics.write_results(results, out)
     return results
-
-
-def mean_nll(logits: np.ndarray, targets: np.ndarray) -> tuple[float, int]:
-    """Summed negative log-likelihood of `targets` under `logits` (T, V) and the count."""
-    z = logits - logits.max(axis=-1, keepdims=True)
-    logp = z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
-    return float(-logp[np.arange(len(targets)), targets].sum()), len(targets)

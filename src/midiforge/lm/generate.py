@@ -60,6 +60,13 @@ class GenerateResult:
     seconds: float
 
 
+def mean_nll(logits: np.ndarray, targets: np.ndarray) -> tuple[float, int]:
+    """Summed negative log-likelihood of `targets` under `logits` (T, V), and the count."""
+    z = logits - logits.max(axis=-1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+    return float(-logp[np.arange(len(targets)), targets].sum()), len(targets)
+
+
 def _count_notes(midi: bytes) -> int:
     from midiforge import midi_io
 
@@ -171,6 +178,10 @@ class NeuralGenerator(Generator):
         self.lm = OnnxCausalLM(onnx, intra_op_threads=threads)
         self.grammar = RemiGrammar(self.tokenizer, self.lm.vocab_size)
         self.seq_len = _training_seq_len(folder)
+        self.names = {v: k for k, v in self.tokenizer.vocab.items()}
+        self.time_signatures = sorted(
+            n.removeprefix("TimeSig_") for n in self.tokenizer.vocab if n.startswith("TimeSig_")
+        )
 
     @classmethod
     def from_registry(
@@ -213,8 +224,7 @@ class NeuralGenerator(Generator):
         from midiforge.lm.grammar import nearest_tempo_token
 
         if not prompt:
-            vocab = self.tokenizer.vocab
-            known = sorted(k.removeprefix("TimeSig_") for k in vocab if k.startswith("TimeSig_"))
+            known = self.time_signatures
             if known and req.time_signature not in known:
                 raise GenerateError(
                     f"time signature {req.time_signature} is not in {self.name}'s vocabulary; "
@@ -226,8 +236,7 @@ class NeuralGenerator(Generator):
                 tempo_token=nearest_tempo_token(self.tokenizer, req.bpm),
                 programs=req.programs or self.vocab.programs.get(req.style),
             )
-        inv = {v: k for k, v in self.tokenizer.vocab.items()}
-        names = [inv[t] for t in prompt]
+        names = [self.names[t] for t in prompt]
         ts = next((n.removeprefix("TimeSig_") for n in names if n.startswith("TimeSig_")), None)
         tempo = next((n for n in names if n.startswith("Tempo_")), None)
         error = None
@@ -288,8 +297,6 @@ class NeuralGenerator(Generator):
         """exp(mean NLL) over every token of the given pieces (EOS included). Long pieces are
         cut into consecutive windows of the training length, each behind the conditioning
         prefix, as in training; the prefix is given, never scored."""
-        from midiforge.lm.evaluate import mean_nll
-
         body = self.seq_len - 3
         total, count = 0.0, 0
         for toks, key in zip(token_lists, keys, strict=True):

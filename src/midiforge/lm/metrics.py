@@ -66,12 +66,15 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from midiforge.lm.vocab import parse_key
+
+__all__ = ["parse_key"]  # the key names every metric reads; one parser for the package
 
 # Additive smoothing per bin of a normalised pitch-class histogram: keeps KL finite when
 # the piece never plays a pitch class the reference uses, while barely moving the bins
@@ -129,42 +132,6 @@ TRIADS: dict[str, dict[str, frozenset]] = {
     "major": _diatonic_triads(_MAJOR_SCALE, _MAJOR_NAMES),
     "minor": {**_diatonic_triads(_MINOR_SCALE, _MINOR_NAMES), "V": frozenset((7, 11, 2))},
 }
-
-_TONICS = {"c": 0, "d": 2, "e": 4, "f": 5, "g": 7, "a": 9, "b": 11}
-_MODES = {
-    "": "major",
-    "maj": "major",
-    "major": "major",
-    "ionian": "major",
-    "lydian": "major",
-    "mixolydian": "major",
-    "m": "minor",
-    "min": "minor",
-    "minor": "minor",
-    "dorian": "minor",
-    "phrygian": "minor",
-    "aeolian": "minor",
-    "locrian": "minor",
-}
-_KEY_RE = re.compile(r"^\s*([A-Ga-g])([#b\-♯♭]*)\s*([A-Za-z]*)\s*$")
-
-
-def parse_key(name: str) -> tuple[int, str]:
-    """(tonic pitch class, "major" | "minor") for "A minor", "B- major", "Am", "D", "a"."""
-    m = _KEY_RE.match(name)
-    mode_word = m.group(3) if m else ""
-    if not m or (mode_word.lower() not in _MODES and mode_word != "M"):
-        raise ValueError(f"unrecognised key name {name!r}")
-    letter, accidentals = m.group(1), m.group(2)
-    tonic = _TONICS[letter.lower()]
-    tonic += sum(1 if a in "#♯" else -1 for a in accidentals)
-    if mode_word == "M":
-        mode = "major"
-    elif mode_word:
-        mode = _MODES[mode_word.lower()]
-    else:
-        mode = "minor" if letter.islower() else "major"
-    return tonic % 12, mode
 
 
 @dataclass(frozen=True, eq=False)

@@ -16,8 +16,14 @@ from pathlib import Path
 
 STYLE_SLOTS = 32
 PITCH_CLASSES = ("C", "C#", "D", "E-", "E", "F", "F#", "G", "A-", "A", "B-", "B")
-_LETTER = {"C": 0, "D": 2, "E": 4, "F": 5, "G": 7, "A": 9, "B": 11}
-_KEY_RE = re.compile(r"^\s*([A-Ga-g])([#b-]*)\s*(major|minor|maj|min|m)?\s*$", re.IGNORECASE)
+_TONICS = {"c": 0, "d": 2, "e": 4, "f": 5, "g": 7, "a": 9, "b": 11}
+# Modal names count by their third, as a melody's pitch classes do.
+_MODES = {
+    "": "major", "maj": "major", "major": "major", "ionian": "major", "lydian": "major",
+    "mixolydian": "major", "m": "minor", "min": "minor", "minor": "minor", "dorian": "minor",
+    "phrygian": "minor", "aeolian": "minor", "locrian": "minor",
+}  # fmt: skip
+_KEY_RE = re.compile(r"^\s*([A-Ga-g])([#b\-♯♭]*)\s*([A-Za-z]*)\s*$")
 
 
 class KeyNameError(ValueError):
@@ -25,14 +31,21 @@ class KeyNameError(ValueError):
 
 
 def parse_key(name: str) -> tuple[int, str]:
-    """'A minor' | 'Am' | 'E- major' | 'Bb' | 'f#m' -> (tonic pitch class, 'major'|'minor')."""
+    """(tonic pitch class, 'major' | 'minor') for 'A minor', 'B- major', 'Am', 'D', 'f#m',
+    'D dorian'; a lone lower-case tonic ('a') is minor, as in music21."""
     m = _KEY_RE.match(name or "")
-    if not m:
+    word = m.group(3) if m else ""
+    if not m or (word.lower() not in _MODES and word != "M"):
         raise KeyNameError(f"not a key: {name!r} (write e.g. 'Am', 'A minor', 'D', 'E- major')")
-    letter, acc, mode = m.groups()
-    pc = _LETTER[letter.upper()] + acc.count("#") - acc.count("b") - acc.count("-")
-    minor = (mode or "").lower() in ("minor", "min", "m") or (not mode and letter.islower())
-    return pc % 12, "minor" if minor else "major"
+    letter, accidentals = m.group(1), m.group(2)
+    tonic = _TONICS[letter.lower()] + sum(1 if a in "#♯" else -1 for a in accidentals)
+    if word == "M":
+        mode = "major"
+    elif word:
+        mode = _MODES[word.lower()]
+    else:
+        mode = "minor" if letter.islower() else "major"
+    return tonic % 12, mode
 
 
 def key_token(name: str, transpose: int = 0) -> str:

@@ -135,6 +135,27 @@ class GenerateBody(BaseModel):
     programs: list[int] | None = None  # GM programs; default: the style's own
 
 
+def _check_model_name(model: str) -> None:
+    from midiforge.registry import RegistryError, validate_name
+
+    try:
+        validate_name(model)
+    except RegistryError as e:
+        raise RequestError(400, "invalid_model_name", str(e)) from None
+
+
+async def _answer(call, timeout_s: float):
+    """A deployment call under the per-request timeout (504); an unknown model is a 404."""
+    from midiforge.registry import RegistryError
+
+    try:
+        return await asyncio.wait_for(call, timeout_s)
+    except TimeoutError:
+        raise RequestError(504, "timeout", f"over {timeout_s:g} s") from None
+    except RegistryError as e:
+        raise RequestError(404, "unknown_model", str(e)) from None
+
+
 def _error(status: int, code: str, detail: str):
     from fastapi.responses import JSONResponse
 
@@ -229,12 +250,7 @@ def build_app(
             frame_threshold: float = Query(0.3, gt=0, lt=1),
             min_note_ms: float = Query(127.70, ge=0),
         ):
-            from midiforge.registry import RegistryError, validate_name
-
-            try:
-                validate_name(model)
-            except RegistryError as e:
-                raise RequestError(400, "invalid_model_name", str(e)) from None
+            _check_model_name(model)
             clip, seconds = read_upload(await audio.read(), settings)
             decoding = {
                 "onset_threshold": onset_threshold,
@@ -242,16 +258,9 @@ def build_app(
                 "minimum_note_ms": min_note_ms,
             }
             handle = self.transcriber.options(multiplexed_model_id=model)
-            try:
-                notes = await asyncio.wait_for(
-                    handle.transcribe.remote(clip, decoding), settings.request_timeout_s
-                )
-            except TimeoutError:
-                raise RequestError(
-                    504, "timeout", f"over {settings.request_timeout_s:g} s"
-                ) from None
-            except RegistryError as e:
-                raise RequestError(404, "unknown_model", str(e)) from None
+            notes = await _answer(
+                handle.transcribe.remote(clip, decoding), settings.request_timeout_s
+            )
             if format == "json":
                 return notes_json(model, seconds, notes)
             return Response(notes_midi(notes), media_type="audio/midi")
@@ -268,7 +277,6 @@ def build_app(
             import binascii
 
             from midiforge.lm.generate import GenerateError
-            from midiforge.registry import RegistryError, validate_name
 
             body = body or GenerateBody()
             model = body.model or settings.generator_model
@@ -279,10 +287,7 @@ def build_app(
                     "no generator is configured: set generator_model in serve/config.yaml, "
                     'or name one in the request ("model": "rules" is the rule baseline)',
                 )
-            try:
-                validate_name(model)
-            except RegistryError as e:
-                raise RequestError(400, "invalid_model_name", str(e)) from None
+            _check_model_name(model)
             request = body.model_dump(exclude={"model"})
             if body.prompt_midi:
                 try:
@@ -291,15 +296,7 @@ def build_app(
                     raise RequestError(400, "invalid_prompt", "prompt_midi is not base64") from None
             handle = self.generator.options(multiplexed_model_id=model)
             try:
-                midi = await asyncio.wait_for(
-                    handle.generate.remote(request), settings.request_timeout_s
-                )
-            except TimeoutError:
-                raise RequestError(
-                    504, "timeout", f"over {settings.request_timeout_s:g} s"
-                ) from None
-            except RegistryError as e:
-                raise RequestError(404, "unknown_model", str(e)) from None
+                midi = await _answer(handle.generate.remote(request), settings.request_timeout_s)
             except (GenerateError, ValueError) as e:
                 raise RequestError(422, "invalid_request", str(e)) from None
             return Response(midi, media_type="audio/midi")

@@ -1,0 +1,24 @@
+"""The shared body of the scripts in jobs/: parse a command's flags plus --key=value
+overrides, set up logging, run, exit with the command's status."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable
+
+
+def run_job(
+    description: str,
+    add_arguments: Callable[[argparse.ArgumentParser], None],
+    run: Callable[[argparse.Namespace, list[str]], int],
+) -> None:
+    parser = argparse.ArgumentParser(description=description)
+    add_arguments(parser)
+    args, rest = parser.parse_known_args()
+    overrides = [a for a in rest if a.startswith("--") and "=" in a]
+    if len(overrides) != len(rest):
+        parser.error(f"unrecognized arguments: {' '.join(a for a in rest if a not in overrides)}")
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    sys.exit(run(args, overrides))
