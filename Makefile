@@ -31,13 +31,20 @@ $(STAMP): pyproject.toml requirements/*.txt Makefile
 		echo "error: a CPU install pulled CUDA packages (listed above)" >&2; exit 1; fi
 	@touch $(STAMP)
 
-# FluidSynth renders the demo corpus; Debian's libfluidsynth3 provides it.
+# FluidSynth renders the demo corpus; Debian's libfluidsynth3 provides it. The transcriber
+# recipes train on csound's GM bank and OPL-3 (besides pretty_midi's TimGM6mb) and
+# evaluate on FluidR3_GM, a soundfont training never hears.
+SYSDEP_FILES := /usr/share/sounds/sf2/FluidR3_GM.sf2:fluid-soundfont-gm \
+	/usr/share/sounds/sf2/OPL-3_FM_128M.sf2:opl3-soundfont /usr/share/sounds/sf2/sf_GMbank.sf2:csound-soundfont
 sysdeps:
-	@if ! (ldconfig -p 2>/dev/null || /sbin/ldconfig -p) | grep -q 'libfluidsynth\.so\.3'; then \
+	@missing=""; \
+	if ! (ldconfig -p 2>/dev/null || /sbin/ldconfig -p) | grep -q 'libfluidsynth\.so\.3'; then missing="libfluidsynth3"; fi; \
+	for fp in $(SYSDEP_FILES); do [ -f "$${fp%%:*}" ] || missing="$$missing $${fp##*:}"; done; \
+	if [ -n "$$missing" ]; then \
 		if [ "$$(id -u)" = 0 ]; then SUDO=; elif command -v sudo >/dev/null; then SUDO=sudo; \
-		else echo "midiforge needs FluidSynth: install Debian's libfluidsynth3 (or your OS's fluidsynth)" >&2; exit 1; fi; \
-		echo "installing libfluidsynth3"; \
-		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends libfluidsynth3 >/dev/null; \
+		else echo "midiforge needs Debian packages:$$missing (or your OS's equivalents)" >&2; exit 1; fi; \
+		echo "installing$$missing"; \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 
 # The main job on embedded defaults: render a small corpus, then build a dataset from its

@@ -210,6 +210,37 @@ def _add_lm(sub: argparse._SubParsersAction) -> None:
     g.set_defaults(func=lambda a: command.run_generate(a, a.overrides))
 
 
+# --- transcription: extract, compare, train ---------------------------------------------
+
+
+def _add_transcription(sub: argparse._SubParsersAction) -> None:
+    from midiforge.transcription import command
+
+    for name, add, run, help_ in (
+        ("extract", command.add_extract, command.run_extract, "audio file -> MIDI with a model"),
+        ("compare", command.add_compare, command.run_compare, "score models on audio + MIDI"),
+    ):
+        p = sub.add_parser(name, help=help_, allow_abbrev=False)
+        add(p)
+        p.set_defaults(func=lambda a, run=run: run(a, a.overrides))
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    from midiforge.transcription import train_command as tc
+
+    train = sub.add_parser("train", help="fine-tune a basic-pitch-shaped transcriber")
+    tsub = train.add_subparsers(dest="action", required=True)
+    for name, add, run, help_ in (
+        ("prepare", tc.add_prepare, tc.run_prepare, "audio + MIDI pairs -> training windows"),
+        ("run", tc.add_run, tc.run_run, "fine-tune on Ray Train, export ONNX, register"),
+        ("prebuilt", tc.add_prebuilt, tc.run_prebuilt, "render, train and compare one style"),
+    ):
+        # No prefix matching: config overrides (--work=...) must not match flags (--workers).
+        p = tsub.add_parser(name, help=help_, allow_abbrev=False)
+        add(p)
+        p.set_defaults(func=lambda a, run=run: run(a, a.overrides))
+
+
 # --- entry point -------------------------------------------------------------------------
 
 
@@ -231,6 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_models(sub)
     _add_serve(sub)
     _add_lm(sub)
+    _add_transcription(sub)
+    _add_train(sub)
     return parser
 
 

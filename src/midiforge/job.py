@@ -14,7 +14,8 @@ def run_job(
     add_arguments: Callable[[argparse.ArgumentParser], None],
     run: Callable[[argparse.Namespace, list[str]], int],
 ) -> None:
-    parser = argparse.ArgumentParser(description=description)
+    # No prefix matching: a --key=value override like --work=... must not become --workers.
+    parser = argparse.ArgumentParser(description=description, allow_abbrev=False)
     add_arguments(parser)
     args, rest = parser.parse_known_args()
     overrides = [a for a in rest if a.startswith("--") and "=" in a]

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from midiforge.config import ConfigError
+from midiforge.raytrain import Resources
 
 
 @dataclass
@@ -43,16 +44,6 @@ class Schedule:
     grad_clip: float = 1.0
     eval_every: int = 100  # steps between validation + checkpoint
     patience: int = 0  # evaluations without val improvement before stopping; 0 = never
-
-
-@dataclass
-class Resources:
-    """Ray Train scaling: N DDP workers, CPU or GPU."""
-
-    num_workers: int = 1
-    use_gpu: bool = False
-    cpus_per_worker: float = 1.0
-    threads: int = 0  # torch threads per worker; 0 = cpus_per_worker
 
 
 PRESETS: dict[str, tuple[Architecture, Schedule]] = {

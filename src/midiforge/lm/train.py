@@ -19,8 +19,9 @@ from typing import Any
 import yaml
 
 from midiforge import config as cfgmod
+from midiforge import raytrain
 from midiforge.lm import data as lm_data
-from midiforge.lm.config import FinetuneConfig, PretrainConfig, Resources, Schedule
+from midiforge.lm.config import FinetuneConfig, PretrainConfig, Schedule
 from midiforge.lm.vocab import LMVocab
 
 log = logging.getLogger(__name__)
@@ -41,55 +42,10 @@ def _total_steps(sched: Schedule, n_windows: int, workers: int) -> int:
     return min(total, sched.max_steps) if sched.max_steps else total
 
 
-def _fit(name: str, loop_cfg: dict[str, Any], datasets, res: Resources, storage: str):
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
-    storage_path = str(Path(storage).resolve()) if "://" not in storage else storage
-    trainer = TorchTrainer(
-        _loop,
-        train_loop_config=loop_cfg,
-        scaling_config=ScalingConfig(
-            num_workers=res.num_workers,
-            use_gpu=res.use_gpu,
-            resources_per_worker={"CPU": res.cpus_per_worker},
-        ),
-        run_config=RunConfig(
-            name=name,
-            storage_path=storage_path,
-            # Each checkpoint carries the best weights too, so only the newest is kept.
-            checkpoint_config=CheckpointConfig(num_to_keep=1),
-            failure_config=FailureConfig(max_failures=1),
-        ),
-        datasets=datasets,
-    )
-    result = trainer.fit()
-    if result.checkpoint is None:
-        raise RuntimeError(f"training run {name} ended without a checkpoint: {result.error}")
-    return result
-
-
 def _loop(cfg: dict[str, Any]) -> None:
     from midiforge.lm.train_loop import train_loop
 
     train_loop(cfg)
-
-
-def _best_state(result):
-    import torch
-
-    from midiforge.lm.train_loop import BEST
-
-    with result.checkpoint.as_directory() as d:
-        return torch.load(Path(d) / BEST, weights_only=False)
-
-
-def _history(result) -> list[dict[str, Any]]:
-    try:
-        df = result.metrics_dataframe
-        return [] if df is None else json.loads(df.to_json(orient="records"))
-    except Exception:  # the history is a convenience; the model does not depend on it
-        return []
 
 
 def _write_folder(  # noqa: PLR0917 - the parts of one model folder
@@ -118,22 +74,14 @@ def _dataset_hash(dataset: str) -> str | None:
         return None
 
 
-def _connect() -> None:
-    from midiforge.pipeline.build import connect
-
-    connect(None, dashboard=True)
-
-
 def _loop_cfg(cfg, vocab: LMVocab, sched: Schedule, total: int, name: str) -> dict[str, Any]:
     return {
         "vocab": dataclasses.asdict(vocab),
         "schedule": dataclasses.asdict(sched),
         "total_steps": total,
         "seed": cfg.seed,
-        "threads": cfg.resources.threads or max(1, int(cfg.resources.cpus_per_worker)),
-        "tensorboard": str(Path(cfg.storage).resolve() / name / "tensorboard")
-        if "://" not in cfg.storage
-        else None,
+        "threads": raytrain.threads(cfg.resources),
+        "tensorboard": raytrain.tensorboard_dir(cfg.storage, name),
     }
 
 
@@ -156,7 +104,7 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     vocab = LMVocab.for_tokenizer(tokenizer, styles)
     vocab.programs = lm_data.style_programs(train, tokenizer)
     sched, arch = cfg.schedule, cfg.architecture
-    _connect()
+    raytrain.connect()
     train_ds, n_train = _windows_ds(train, vocab, sched.seq_len, bar_id, "training")
     val_ds, n_val = _windows_ds(val or train[:4], vocab, sched.seq_len, bar_id, "validation")
     total = _total_steps(sched, n_train, cfg.resources.num_workers)
@@ -166,11 +114,11 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     loop = _loop_cfg(cfg, vocab, sched, total, f"pretrain-{cfg.out}")
     loop["architecture"] = dataclasses.asdict(arch)
     loop["init_from"] = cfg.init_from
-    result = _fit(f"pretrain-{cfg.out}", loop, {"train": train_ds, "val": val_ds},
+    result = raytrain.fit(f"pretrain-{cfg.out}", _loop, loop, {"train": train_ds, "val": val_ds},
                   cfg.resources, cfg.storage)  # fmt: skip
     net = lm_model.load_hf(cfg.init_from, vocab.size) if cfg.init_from else None
     net = net or lm_model.build(arch, vocab, cfg.seed)
-    net.load_state_dict(_best_state(result))
+    net.load_state_dict(raytrain.best_state(result))
     _, total_params = lm_model.count_parameters(net)
     metrics = _summary(result, n_train, n_val, styles, total_params)
     _write_folder(work, net, vocab, work.parent / f"{cfg.out}-tokenizer" / "tokenizer.json",
@@ -194,7 +142,7 @@ def _summary(result, n_train, n_val, styles, total_params) -> dict[str, Any]:
         "resumed_from_step": last.get("resumed_from_step", 0),
         "best_val_loss": best,
         "best_val_perplexity": math.exp(min(50.0, best)) if math.isfinite(best) else None,
-        "history": _history(result),
+        "history": raytrain.history(result),
     }
 
 
@@ -241,7 +189,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     vocab.programs[cfg.style] = lm_data.style_programs(train, tokenizer)[cfg.style]
     bar_id = tokenizer.vocab["Bar_None"]
     sched = cfg.schedule
-    _connect()
+    raytrain.connect()
     train_ds, n_train = _windows_ds(train, vocab, sched.seq_len, bar_id, "training")
     val_ds, n_val = _windows_ds(val, vocab, sched.seq_len, bar_id, "validation")
     total = _total_steps(sched, n_train, cfg.resources.num_workers)
@@ -259,9 +207,9 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     pct = 100 * trainable / total_params
     share = f"{trainable:,} of {total_params:,} parameters trainable ({pct:.2f}%)"
     print(share, flush=True)
-    result = _fit(f"finetune-{cfg.out}", loop, {"train": train_ds, "val": val_ds},
+    result = raytrain.fit(f"finetune-{cfg.out}", _loop, loop, {"train": train_ds, "val": val_ds},
                   cfg.resources, cfg.storage)  # fmt: skip
-    net.load_state_dict(_best_state(result))
+    net.load_state_dict(raytrain.best_state(result))
     metrics = _summary(result, n_train, n_val, [cfg.style], total_params)
     metrics.update(trainable_parameters=trainable, trainable_share=trainable / total_params,
                    base=cfg.base, style=cfg.style, new_style_token=new_style)  # fmt: skip

@@ -13,13 +13,10 @@ the finished run can hand over its best model from the last checkpoint alone.
 from __future__ import annotations
 
 import math
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
-STATE = "state.pt"
-BEST = "best_model.pt"
+from midiforge import raytrain
 
 
 def _model(cfg: dict[str, Any]):
@@ -56,18 +53,6 @@ def apply_lora(net, lora: dict[str, Any], trainable_token_ids: list[int]):
     return get_peft_model(net, config)
 
 
-def _lr_lambda(warmup: int, total: int):
-    def f(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / max(1, warmup)
-        if total <= warmup:
-            return 1.0
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
-        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
-
-    return f
-
-
 def _evaluate(net, shard, batch_size: int, pad: int) -> tuple[float, int]:
     """(summed token NLL, token count) over this worker's validation shard."""
     import torch
@@ -91,21 +76,6 @@ def _evaluate(net, shard, batch_size: int, pad: int) -> tuple[float, int]:
     return total, count
 
 
-def _all_sum(values: list[float]) -> list[float]:
-    import torch
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()):
-        return values
-    t = torch.tensor(values, dtype=torch.float64)
-    dist.all_reduce(t)
-    return t.tolist()
-
-
-def _unwrap(net):
-    return net.module if hasattr(net, "module") else net
-
-
 def train_loop(cfg: dict[str, Any]) -> None:  # noqa: PLR0915 - one loop, read top to bottom
     import ray.train
     import ray.train.torch
@@ -124,20 +94,10 @@ def train_loop(cfg: dict[str, Any]) -> None:  # noqa: PLR0915 - one loop, read t
     opt = torch.optim.AdamW(params, lr=sched["lr"], weight_decay=sched["weight_decay"])
     total_steps = cfg["total_steps"]
     lr_sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, _lr_lambda(sched["warmup_steps"], total_steps)
+        opt, raytrain.lr_lambda(sched["warmup_steps"], total_steps)
     )
     state = {"step": 0, "epoch": 0, "best_val": float("inf"), "bad_evals": 0, "elapsed": 0.0}
-    best_weights = None
-    ckpt = ray.train.get_checkpoint()
-    if ckpt:
-        with ckpt.as_directory() as d:
-            saved = torch.load(Path(d) / STATE, weights_only=False)
-            net.load_state_dict(saved["model"])
-            opt.load_state_dict(saved["optimizer"])
-            lr_sched.load_state_dict(saved["scheduler"])
-            state = saved["state"]
-            state["resumed_from_step"] = state["step"]
-            best_weights = torch.load(Path(d) / BEST, weights_only=False)
+    state, best_weights = raytrain.restore(net, opt, lr_sched, state)
     net = ray.train.torch.prepare_model(net)
     writer = None
     if rank == 0 and cfg.get("tensorboard"):
@@ -172,38 +132,26 @@ def train_loop(cfg: dict[str, Any]) -> None:  # noqa: PLR0915 - one loop, read t
             losses.append(float(loss))
             tokens_seen += int((labels != -100).sum())
             state["elapsed"] = time.monotonic() - started
-            out_of_time = sched["max_minutes"] and state["elapsed"] > 60 * sched["max_minutes"]
-            out_of_steps = state["step"] >= total_steps
-            if state["step"] % sched["eval_every"] == 0 or out_of_time or out_of_steps:
-                nll, count = _all_sum(list(_evaluate(net, val_shard, sched["batch_size"], pad)))
+            spent = raytrain.budget_spent(state, sched, total_steps)
+            if state["step"] % sched["eval_every"] == 0 or spent:
+                part = _evaluate(net, val_shard, sched["batch_size"], pad)
+                nll, count = raytrain.all_sum(list(part))
                 val_loss = nll / max(1.0, count)
-                improved = val_loss < state["best_val"]
-                if improved:
-                    state["best_val"], state["bad_evals"] = val_loss, 0
-                    weights = _unwrap(net).state_dict().items()
-                    best_weights = {k: v.detach().clone() for k, v in weights}
-                else:
-                    state["bad_evals"] += 1
-                patience_out = sched["patience"] and state["bad_evals"] >= sched["patience"]
-                stop = bool(out_of_time or out_of_steps or patience_out)
+                best_weights, patience_out = raytrain.track_best(
+                    state, val_loss, net, best_weights, sched["patience"]
+                )
+                stop = spent or patience_out
                 metrics = {
-                    "step": state["step"],
-                    "epoch": state["epoch"],
-                    "train_loss": sum(losses) / max(1, len(losses)),
+                    **raytrain.step_metrics(state, losses, lr_sched, stop),
                     "val_loss": val_loss,
                     "val_perplexity": math.exp(min(50.0, val_loss)),
-                    "best_val_loss": state["best_val"],
-                    "lr": lr_sched.get_last_lr()[0],
                     "tokens_per_s": tokens_seen / max(1e-9, time.monotonic() - window_t0),
-                    "elapsed_s": state["elapsed"],
-                    "stopped": stop,
-                    "resumed_from_step": state.get("resumed_from_step", 0),
                 }
                 if writer:
                     for k in ("train_loss", "val_loss", "val_perplexity", "lr", "tokens_per_s"):
                         writer.add_scalar(k, metrics[k], state["step"])
                     writer.flush()
-                _report(metrics, rank, net, opt, lr_sched, state, best_weights)
+                raytrain.report(metrics, rank, net, opt, lr_sched, state, best_weights)
                 tokens_seen, window_t0, losses = 0, time.monotonic(), []
             if stop:
                 break
@@ -211,24 +159,3 @@ def train_loop(cfg: dict[str, Any]) -> None:  # noqa: PLR0915 - one loop, read t
             state["epoch"] += 1
     if writer:
         writer.close()
-
-
-def _report(metrics, rank, net, opt, lr_sched, state, best_weights) -> None:  # noqa: PLR0917
-    import ray.train
-    import torch
-
-    if rank != 0:
-        ray.train.report(metrics)
-        return
-    with tempfile.TemporaryDirectory() as d:
-        torch.save(
-            {
-                "model": _unwrap(net).state_dict(),
-                "optimizer": opt.state_dict(),
-                "scheduler": lr_sched.state_dict(),
-                "state": dict(state),
-            },
-            Path(d) / STATE,
-        )
-        torch.save(best_weights, Path(d) / BEST)
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))

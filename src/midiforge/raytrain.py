@@ -1,0 +1,200 @@
+"""What every midiforge training job does the same way on Ray Train.
+
+The drivers (language model, transcriber) build a config dict and datasets, call `fit`,
+and take the best weights from the finished run's last checkpoint. Worker loops use
+`restore` / `report` so that a checkpoint always holds the full training state plus the
+best weights so far: re-running a command after a kill resumes where it stopped, and the
+finished run hands over its best model from the last checkpoint alone.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+STATE = "state.pt"
+BEST = "best_model.pt"
+
+
+@dataclass
+class Resources:
+    """Ray Train scaling: N DDP workers, CPU or GPU."""
+
+    num_workers: int = 1
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    threads: int = 0  # torch threads per worker; 0 = cpus_per_worker
+
+
+def threads(res: Resources) -> int:
+    return res.threads or max(1, int(res.cpus_per_worker))
+
+
+def connect() -> None:
+    """A local Ray (or the job's cluster) with its dashboard: Ray Train needs the dashboard's
+    agent to keep a long run's placement group alive, and users watch runs there."""
+    from midiforge.pipeline.build import connect as _connect
+
+    _connect(None, dashboard=True)
+
+
+def fit(  # noqa: PLR0917 - one call site per driver, each argument named there
+    name: str, loop: Callable[[dict], None], loop_cfg: dict[str, Any], datasets,
+    res: Resources, storage: str,
+):  # fmt: skip
+    """Run `loop` on a TorchTrainer named `name` under `storage`; same name, same storage:
+    Ray Train resumes the earlier run from its last checkpoint."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    storage_path = str(Path(storage).resolve()) if "://" not in storage else storage
+    trainer = TorchTrainer(
+        loop,
+        train_loop_config=loop_cfg,
+        scaling_config=ScalingConfig(
+            num_workers=res.num_workers,
+            use_gpu=res.use_gpu,
+            resources_per_worker={"CPU": res.cpus_per_worker},
+        ),
+        run_config=RunConfig(
+            name=name,
+            storage_path=storage_path,
+            # Each checkpoint carries the best weights too, so only the newest is kept.
+            checkpoint_config=CheckpointConfig(num_to_keep=1),
+            failure_config=FailureConfig(max_failures=1),
+        ),
+        datasets=datasets,
+    )
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"training run {name} ended without a checkpoint: {result.error}")
+    return result
+
+
+def tensorboard_dir(storage: str, name: str) -> str | None:
+    return str(Path(storage).resolve() / name / "tensorboard") if "://" not in storage else None
+
+
+def best_state(result):
+    import torch
+
+    with result.checkpoint.as_directory() as d:
+        return torch.load(Path(d) / BEST, weights_only=False)
+
+
+def history(result) -> list[dict[str, Any]]:
+    try:
+        df = result.metrics_dataframe
+        return [] if df is None else json.loads(df.to_json(orient="records"))
+    except Exception:  # the history is a convenience; the model does not depend on it
+        return []
+
+
+def lr_lambda(warmup: int, total: int):
+    """Linear warm-up, then cosine decay to 10% of the peak."""
+
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / max(1, warmup)
+        if total <= warmup:
+            return 1.0
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return f
+
+
+def all_sum(values: list[float]) -> list[float]:
+    """Sum across DDP workers (identity with one worker)."""
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return values
+    t = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def unwrap(net):
+    return net.module if hasattr(net, "module") else net
+
+
+def restore(net, opt, lr_sched, state: dict[str, Any]):
+    """Load the run's last checkpoint into net/opt/lr_sched; returns (state, best weights)."""
+    import ray.train
+    import torch
+
+    ckpt = ray.train.get_checkpoint()
+    if not ckpt:
+        return state, None
+    with ckpt.as_directory() as d:
+        saved = torch.load(Path(d) / STATE, weights_only=False)
+        net.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["optimizer"])
+        lr_sched.load_state_dict(saved["scheduler"])
+        state = saved["state"]
+        state["resumed_from_step"] = state["step"]
+        return state, torch.load(Path(d) / BEST, weights_only=False)
+
+
+def report(metrics, rank, net, opt, lr_sched, state, best_weights) -> None:  # noqa: PLR0917
+    """Metrics from every worker; the checkpoint (full state + best weights) from rank 0."""
+    import ray.train
+    import torch
+
+    if rank != 0:
+        ray.train.report(metrics)
+        return
+    with tempfile.TemporaryDirectory() as d:
+        torch.save(
+            {
+                "model": unwrap(net).state_dict(),
+                "optimizer": opt.state_dict(),
+                "scheduler": lr_sched.state_dict(),
+                "state": dict(state),
+            },
+            Path(d) / STATE,
+        )
+        torch.save(best_weights, Path(d) / BEST)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+
+
+def snapshot(net) -> dict[str, Any]:
+    """A detached copy of the (unwrapped) weights, kept as the best so far."""
+    return {k: v.detach().clone() for k, v in unwrap(net).state_dict().items()}
+
+
+def budget_spent(state: dict[str, Any], sched: dict[str, Any], total_steps: int) -> bool:
+    """Out of steps, or past the schedule's wall-clock budget (`max_minutes`, 0 = none)."""
+    out_of_time = sched["max_minutes"] and state["elapsed"] > 60 * sched["max_minutes"]
+    return bool(out_of_time or state["step"] >= total_steps)
+
+
+def track_best(state: dict[str, Any], val: float, net, best, patience: int):
+    """Early-stopping bookkeeping after a validation: (best weights, patience run out)."""
+    if val < state["best_val"]:
+        state["best_val"], state["bad_evals"] = val, 0
+        best = snapshot(net)
+    else:
+        state["bad_evals"] += 1
+    return best, bool(patience and state["bad_evals"] >= patience)
+
+
+def step_metrics(state: dict[str, Any], losses: list[float], lr_sched, stop: bool) -> dict:
+    """The metrics every training loop reports, besides its own."""
+    return {
+        "step": state["step"],
+        "epoch": state["epoch"],
+        "train_loss": sum(losses) / max(1, len(losses)),
+        "best_val_loss": state["best_val"],
+        "lr": lr_sched.get_last_lr()[0],
+        "elapsed_s": state["elapsed"],
+        "stopped": stop,
+        "resumed_from_step": state.get("resumed_from_step", 0),
+    }
