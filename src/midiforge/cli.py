@@ -188,57 +188,46 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     s.set_defaults(func=_serve)
 
 
-# --- language model -----------------------------------------------------------------------
+# --- language model, transcription ---------------------------------------------------------
+
+
+def _commands(sub: argparse._SubParsersAction, table) -> None:
+    """(name, add_flags, run, help) rows -> subcommands whose run gets the --key=value
+    overrides. No prefix matching: an override like --work=... must not become --workers."""
+    for name, add, run, help_ in table:
+        p = sub.add_parser(name, help=help_, allow_abbrev=False)
+        add(p)
+        p.set_defaults(func=lambda a, run=run: run(a, a.overrides))
 
 
 def _add_lm(sub: argparse._SubParsersAction) -> None:
     from midiforge.lm import command
 
     lm = sub.add_parser("lm", help="the MIDI language model: pretrain, finetune, export, evaluate")
-    lsub = lm.add_subparsers(dest="action", required=True)
-    for name, add, run, help_ in (
+    _commands(lm.add_subparsers(dest="action", required=True), (
         ("pretrain", command.add_pretrain, command.run_pretrain, "train a base model (Ray Train)"),
         ("finetune", command.add_finetune, command.run_finetune, "LoRA-fine-tune on one style"),
         ("export", command.add_export, command.run_export, "ONNX with KV cache (+ INT8)"),
         ("evaluate", command.add_evaluate, command.run_evaluate, "score generators on a style"),
-    ):
-        p = lsub.add_parser(name, help=help_)
-        add(p)
-        p.set_defaults(func=lambda a, run=run: run(a, a.overrides))
-    g = sub.add_parser("generate", help="generate MIDI with a model or the rule baseline")
-    command.add_generate(g)
-    g.set_defaults(func=lambda a: command.run_generate(a, a.overrides))
-
-
-# --- transcription: extract, compare, train ---------------------------------------------
+    ))  # fmt: skip
+    _commands(sub, (("generate", command.add_generate, command.run_generate,
+                     "generate MIDI with a model or the rule baseline"),))  # fmt: skip
 
 
 def _add_transcription(sub: argparse._SubParsersAction) -> None:
     from midiforge.transcription import command
-
-    for name, add, run, help_ in (
-        ("extract", command.add_extract, command.run_extract, "audio file -> MIDI with a model"),
-        ("compare", command.add_compare, command.run_compare, "score models on audio + MIDI"),
-    ):
-        p = sub.add_parser(name, help=help_, allow_abbrev=False)
-        add(p)
-        p.set_defaults(func=lambda a, run=run: run(a, a.overrides))
-
-
-def _add_train(sub: argparse._SubParsersAction) -> None:
     from midiforge.transcription import train_command as tc
 
+    _commands(sub, (
+        ("extract", command.add_extract, command.run_extract, "audio file -> MIDI with a model"),
+        ("compare", command.add_compare, command.run_compare, "score models on audio + MIDI"),
+    ))  # fmt: skip
     train = sub.add_parser("train", help="fine-tune a basic-pitch-shaped transcriber")
-    tsub = train.add_subparsers(dest="action", required=True)
-    for name, add, run, help_ in (
+    _commands(train.add_subparsers(dest="action", required=True), (
         ("prepare", tc.add_prepare, tc.run_prepare, "audio + MIDI pairs -> training windows"),
         ("run", tc.add_run, tc.run_run, "fine-tune on Ray Train, export ONNX, register"),
         ("prebuilt", tc.add_prebuilt, tc.run_prebuilt, "render, train and compare one style"),
-    ):
-        # No prefix matching: config overrides (--work=...) must not match flags (--workers).
-        p = tsub.add_parser(name, help=help_, allow_abbrev=False)
-        add(p)
-        p.set_defaults(func=lambda a, run=run: run(a, a.overrides))
+    ))  # fmt: skip
 
 
 # --- entry point -------------------------------------------------------------------------
@@ -263,7 +252,6 @@ def build_parser() -> argparse.ArgumentParser:
     _add_serve(sub)
     _add_lm(sub)
     _add_transcription(sub)
-    _add_train(sub)
     return parser
 
 

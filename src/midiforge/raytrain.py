@@ -198,3 +198,26 @@ def step_metrics(state: dict[str, Any], losses: list[float], lr_sched, stop: boo
         "stopped": stop,
         "resumed_from_step": state.get("resumed_from_step", 0),
     }
+
+
+def start(net, sched: dict[str, Any], total_steps: int, rank: int, tensorboard: str | None):
+    """A worker's training state: AdamW over the trainable parameters, warm-up + cosine
+    schedule, the last checkpoint restored, DDP, and rank 0's TensorBoard writer.
+    Returns (net, params, opt, lr_sched, state, best weights or None, writer or None)."""
+    import ray.train.torch
+    import torch
+
+    params = [p for p in net.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=sched["lr"], weight_decay=sched["weight_decay"])
+    lr_sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lr_lambda(sched["warmup_steps"], total_steps)
+    )
+    state = {"step": 0, "epoch": 0, "best_val": float("inf"), "bad_evals": 0, "elapsed": 0.0}
+    state, best = restore(net, opt, lr_sched, state)
+    net = ray.train.torch.prepare_model(net)
+    writer = None
+    if rank == 0 and tensorboard:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(tensorboard, purge_step=state["step"] or None)
+    return net, params, opt, lr_sched, state, best, writer

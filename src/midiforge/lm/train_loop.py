@@ -76,9 +76,8 @@ def _evaluate(net, shard, batch_size: int, pad: int) -> tuple[float, int]:
     return total, count
 
 
-def train_loop(cfg: dict[str, Any]) -> None:  # noqa: PLR0915 - one loop, read top to bottom
+def train_loop(cfg: dict[str, Any]) -> None:
     import ray.train
-    import ray.train.torch
     import torch
 
     from midiforge.lm.data import labels_for
@@ -90,20 +89,10 @@ def train_loop(cfg: dict[str, Any]) -> None:  # noqa: PLR0915 - one loop, read t
     torch.manual_seed(cfg["seed"] + rank)
 
     net = _model(cfg)
-    params = [p for p in net.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=sched["lr"], weight_decay=sched["weight_decay"])
     total_steps = cfg["total_steps"]
-    lr_sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, raytrain.lr_lambda(sched["warmup_steps"], total_steps)
+    net, params, opt, lr_sched, state, best_weights, writer = raytrain.start(
+        net, sched, total_steps, rank, cfg.get("tensorboard")
     )
-    state = {"step": 0, "epoch": 0, "best_val": float("inf"), "bad_evals": 0, "elapsed": 0.0}
-    state, best_weights = raytrain.restore(net, opt, lr_sched, state)
-    net = ray.train.torch.prepare_model(net)
-    writer = None
-    if rank == 0 and cfg.get("tensorboard"):
-        from torch.utils.tensorboard import SummaryWriter
-
-        writer = SummaryWriter(cfg["tensorboard"], purge_step=state["step"] or None)
 
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val")

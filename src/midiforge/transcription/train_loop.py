@@ -127,7 +127,6 @@ def _evaluate(net, shard, batch_size: int, loss: dict[str, Any]) -> list[float]:
 
 def train_loop(cfg: dict[str, Any]) -> None:  # noqa: PLR0915 - one loop, top to bottom
     import ray.train
-    import ray.train.torch
     import torch
 
     ctx = ray.train.get_context()
@@ -138,22 +137,12 @@ def train_loop(cfg: dict[str, Any]) -> None:  # noqa: PLR0915 - one loop, top to
     rng = np.random.default_rng(cfg["seed"] + 7919 * rank)
 
     net = build_model(cfg["init"], cfg["trainable"])
-    params = [p for p in net.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=sched["lr"], weight_decay=sched["weight_decay"])
     total_steps = cfg["total_steps"]
-    lr_sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, raytrain.lr_lambda(sched["warmup_steps"], total_steps)
+    net, params, opt, lr_sched, state, best_weights, writer = raytrain.start(
+        net, sched, total_steps, rank, cfg.get("tensorboard")
     )
-    state = {"step": 0, "epoch": 0, "best_val": float("inf"), "bad_evals": 0, "elapsed": 0.0}
-    state, best_weights = raytrain.restore(net, opt, lr_sched, state)
     if best_weights is None:
         best_weights = raytrain.snapshot(net)  # the base model is the first "best"
-    net = ray.train.torch.prepare_model(net)
-    writer = None
-    if rank == 0 and cfg.get("tensorboard"):
-        from torch.utils.tensorboard import SummaryWriter
-
-        writer = SummaryWriter(cfg["tensorboard"], purge_step=state["step"] or None)
 
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val")
