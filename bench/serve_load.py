@@ -136,7 +136,11 @@ def start_serve(port: int, overrides: dict | None = None) -> None:
     connect(None)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     app = build_app(
-        args, gateway_options=options.get("Gateway"), transcriber_options=options.get("Transcriber")
+        args,
+        gateway_options=options.get("Gateway"),
+        transcriber_options=options.get("Transcriber"),
+        generator_options=options.get("Generation"),
+        classifier_options=options.get("Classification"),
     )
     serve.run(app, name="midiforge", route_prefix="/", blocking=False)
     wait_healthy(f"http://127.0.0.1:{port}/healthz")

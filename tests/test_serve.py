@@ -63,6 +63,7 @@ def server(ray_local, tmp_path_factory):
         },
         transcriber_options={"ray_actor_options": {"num_cpus": 0.5}},
         generator_options={"ray_actor_options": {"num_cpus": 0.1}},
+        classifier_options={"ray_actor_options": {"num_cpus": 0.05}},
     )
     serve.run(app, name="midiforge", route_prefix="/")
     with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as client:
@@ -175,8 +176,7 @@ def test_bad_requests_get_json_errors_and_the_service_survives(server, tiny_corp
     assert silent.status_code == 200 and silent.json()["notes"] == []
     r = post(client, "transcribe", good, format="json")  # the replica is still fine
     assert r.status_code == 200 and len(r.json()["notes"]) > 10
-    for path in ("classify", "generate"):
-        r = client.post(f"/v1/{path}", headers=AUTH)
+    for r in (post(client, "classify", good), client.post("/v1/generate", headers=AUTH)):
         assert (r.status_code, r.json()["error"]) == (503, "not_configured")
 
 
@@ -256,7 +256,7 @@ def test_config_yaml_is_a_valid_serve_deploy_config():
     [app] = schema.applications
     assert app.import_path == "midiforge.serving.app:build_app"
     names = {d.name for d in app.deployments}
-    assert names == {"Gateway", "Transcriber", "Generation"}
+    assert names == {"Gateway", "Transcriber", "Generation", "Classification"}
     auto = next(d for d in app.deployments if d.name == "Transcriber").autoscaling_config
     assert auto["min_replicas"] >= 1 and auto["max_replicas"] > auto["min_replicas"]
 
@@ -340,6 +340,7 @@ def test_request_timeout_is_a_json_504(server, tiny_corpus):
         gateway_options={"name": "SlowGateway", "ray_actor_options": {"num_cpus": 0.1}},
         transcriber_options={"name": "SlowTranscriber", "ray_actor_options": {"num_cpus": 0.2}},
         generator_options={"name": "SlowGeneration", "ray_actor_options": {"num_cpus": 0.05}},
+        classifier_options={"name": "SlowClassification", "ray_actor_options": {"num_cpus": 0.05}},
     )
     serve.run(app, name="slow", route_prefix="/slow")
     try:

@@ -89,7 +89,10 @@ def test_results_json_has_the_exact_schema(fiddle_run, stock_path, tiny_corpus):
         str(p) for p in (tiny_corpus / "audio" / "fiddle").glob("*.wav")
     )
     assert written["reference"] == str(tiny_corpus / "midi" / "fiddle")
-    assert written["decoding"]["onset_threshold"] == NoteDecoding().onset_threshold
+    # neither model has a decoding.yaml: both decode with basic-pitch's thresholds
+    for name in written["models"]:
+        assert written["decoding"][name]["onset_threshold"] == 0.5
+        assert written["decoding"][name]["frame_threshold"] == 0.3
     assert (out / "config.yaml").is_file()
 
 
@@ -237,7 +240,7 @@ def test_commands_parse_flags_and_overrides(tiny_corpus, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert printed.splitlines()[1].startswith("stock ") and "results.json" in printed
     saved = json.loads((tmp_path / "c" / "results.json").read_text())
-    assert saved["decoding"]["onset_threshold"] == 0.6
+    assert saved["decoding"]["stock"]["onset_threshold"] == 0.6
     assert saved["models"]["stock"]["pieces"] == 1
     assert not list((tmp_path / "c").glob("*.png"))  # --plots=0
     with pytest.raises(ConfigError, match="plotz"):

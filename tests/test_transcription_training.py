@@ -11,13 +11,16 @@ import numpy as np
 import pyarrow.dataset as pads
 import pytest
 import torch
+import yaml
 
 from midiforge import midi_io, registry
 from midiforge.pipeline.build import build_dataset
 from midiforge.pipeline.config import DatasetConfig
 from midiforge.transcription import compare, extract, prepare, train
+from midiforge.transcription.calibrate import Calibration
 from midiforge.transcription.export import load_weights
 from midiforge.transcription.models import resolve_model, transcribe_audio
+from midiforge.transcription.notes import NoteDecoding
 from midiforge.transcription.onnx_weights import from_onnx
 from midiforge.transcription.train_config import TrainRunConfig, TrainSchedule
 
@@ -36,6 +39,9 @@ def _config(prepared, root, runs, **kw) -> TrainRunConfig:
         storage=str(runs),
         models_root=str(root),
         style="fiddle",
+        # A grid without basic-pitch's defaults, so the model's decoding.yaml differs from
+        # stock's thresholds and the tests below see whether each consumer honours it.
+        calibrate=Calibration(onset_thresholds=[0.35, 0.7], frame_thresholds=[0.2, 0.45]),
         **kw,
     )
 
@@ -60,20 +66,49 @@ def test_registered_with_metrics_and_lineage(trained):
     assert man.kind == "transcriber" and man.parent == "stock"
     assert {"model.onnx", "weights.pt", "transcriber_config.yaml", "metrics.json"} <= set(man.files)
     assert man.training_data_hash and man.metrics["steps"] == 3
-    assert set(metrics["validation"]) == {"base", "trained"}
-    assert metrics["validation"]["base"]["pieces"] == len(metrics["val_pieces"]) >= 1
+    val = metrics["validation"]
+    assert set(val) == {"pieces", "calibration", "trained", "base", "base_calibrated"}
+    assert val["pieces"] == len(metrics["val_pieces"]) >= 1
+    assert val["calibration"]["pieces"] == val["pieces"] and len(val["calibration"]["grid"]) == 4
     # Split by piece: no piece on both sides.
     assert not set(metrics["train_pieces"]) & set(metrics["val_pieces"])
     assert metrics["train_windows"] > 0 and metrics["val_windows"] > 0
+
+
+def test_calibrated_thresholds_are_saved_with_the_model(trained):
+    _, cfg, metrics = trained
+    folder = registry.Registry(cfg.models_root).fetch(NAME)
+    saved = yaml.safe_load((folder / "decoding.yaml").read_text())
+    grid = metrics["validation"]["calibration"]["grid"]
+    best = max(g["score"] for g in grid)
+    chosen = [g for g in grid if g["onset_threshold"] == saved["onset_threshold"]
+              and g["frame_threshold"] == saved["frame_threshold"]]  # fmt: skip
+    assert len(chosen) == 1 and chosen[0]["score"] == pytest.approx(best)
+    for k in ("f1", "f1_offset"):  # the validation figures are taken at those thresholds
+        assert metrics["validation"]["trained"][k] == pytest.approx(chosen[0][k])
+    assert metrics["validation"]["base"]["onset_threshold"] == 0.5  # stock has no decoding.yaml
+
+
+def _calibrated_differs(wav, cfg) -> np.ndarray:
+    """The model's notes at its decoding.yaml thresholds, checked to differ from its notes
+    at basic-pitch's defaults (else the consumer tests below could not fail)."""
+    path = resolve_model(NAME, cfg.models_root)
+    want = transcribe_audio([wav], path)[0]
+    at_defaults = transcribe_audio([wav], path, NoteDecoding(0.5, 0.3, 127.70))[0]
+    assert not _same(want, at_defaults)
+    return want
+
+
+def _same(a: np.ndarray, b: np.ndarray) -> bool:
+    """Same notes: count, and start, end, pitch within MIDI's timing resolution."""
+    return a.shape == b.shape and np.allclose(a[:, :3], b[:, :3], atol=0.01)
 
 
 def test_only_the_trainable_heads_moved(trained):
     _, cfg, _ = trained
     folder = registry.Registry(cfg.models_root).fetch(NAME)
     new, old = load_weights(folder / "weights.pt"), from_onnx(registry.stock_model_path())
-    changed = {
-        k for k, v in new.head_state().items() if not torch.equal(v, old.head_state()[k])
-    }
+    changed = {k for k, v in new.head_state().items() if not torch.equal(v, old.head_state()[k])}
     assert changed and {k.split(".")[0] for k in changed} <= {"note2", "onset2"}
 
 
@@ -88,7 +123,7 @@ def test_extract_and_compare_by_name(trained, tmp_path):
     wav = sorted((work / "audio" / "fiddle").glob("*.wav"))[0]
     summary = extract.extract(wav, model=NAME, out=tmp_path / "x.mid", models_root=cfg.models_root)
     got = midi_io.notes_array(midi_io.load_midi(tmp_path / "x.mid"))
-    want = transcribe_audio([wav], resolve_model(NAME, cfg.models_root))[0]
+    want = _calibrated_differs(wav, cfg)
     assert summary["notes"] == len(want) == len(got) > 0
     np.testing.assert_allclose(got[:, :3], want[:, :3], atol=0.01)
     res = compare.compare(compare.CompareConfig(
@@ -110,8 +145,14 @@ def test_dataset_job_transcribes_with_the_registered_model(trained, tmp_path):
     report = build_dataset(ds)
     assert report["inputs"] == 2 and report["accepted"] >= 1, report
     table = pads.dataset(tmp_path / "ds" / "dataset", format="parquet", partitioning="hive")
-    models = {json.loads(m)["transcriber"]["name"] for m in table.to_table()["models"].to_pylist()}
-    assert models == {NAME}
+    rows = table.to_table().to_pylist()
+    assert {json.loads(r["models"])["transcriber"]["name"] for r in rows} == {NAME}
+    for wav in sorted((work / "audio" / "fiddle").glob("*.wav")):  # at the model's thresholds
+        mine = [r for r in rows if r["source_uri"].endswith(wav.name)]
+        if mine:
+            want = _calibrated_differs(wav, cfg)
+            got = [midi_io.notes_array(midi_io.load_midi(r["midi"])) for r in mine]
+            assert any(_same(g, want) for g in got)
 
 
 def test_serve_answers_with_the_registered_model(trained):
@@ -129,13 +170,15 @@ def test_serve_answers_with_the_registered_model(trained):
             gateway_options={"ray_actor_options": {"num_cpus": 0.1}},
             transcriber_options={"ray_actor_options": {"num_cpus": 0.5}},
             generator_options={"ray_actor_options": {"num_cpus": 0.1}},
+            classifier_options={"ray_actor_options": {"num_cpus": 0.05}},
         ), name="midiforge", route_prefix="/")  # fmt: skip
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as client:
             r = client.post("/v1/transcribe", files={"audio": ("a.wav", wav.read_bytes())},
                             params={"model": NAME, "format": "json"})  # fmt: skip
         assert r.status_code == 200, r.text
         body = r.json()
-        want = transcribe_audio([wav], resolve_model(NAME, cfg.models_root))[0]
-        assert body["model"] == NAME and len(body["notes"]) == len(want)
+        want = _calibrated_differs(wav, cfg)
+        got = np.array([[n["start"], n["end"], n["pitch"]] for n in body["notes"]])
+        assert body["model"] == NAME and _same(np.c_[got, np.zeros(len(got))], want)
     finally:
         serve.shutdown()

@@ -209,9 +209,7 @@ def start(net, sched: dict[str, Any], total_steps: int, rank: int, tensorboard: 
 
     params = [p for p in net.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=sched["lr"], weight_decay=sched["weight_decay"])
-    lr_sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lr_lambda(sched["warmup_steps"], total_steps)
-    )
+    lr_sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(sched["warmup_steps"], total_steps))
     state = {"step": 0, "epoch": 0, "best_val": float("inf"), "bad_evals": 0, "elapsed": 0.0}
     state, best = restore(net, opt, lr_sched, state)
     net = ray.train.torch.prepare_model(net)

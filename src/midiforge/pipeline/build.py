@@ -20,6 +20,7 @@ from midiforge.pipeline import report, schema, stages, work
 from midiforge.pipeline.config import DatasetConfig, StageCompute
 from midiforge.pipeline.inputs import Input, _filesystem, list_inputs
 from midiforge.pipeline.split import SPLITS, Expand, assign_splits
+from midiforge.transcription.notes import model_decoding
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +135,9 @@ def process_inputs(cfg: DatasetConfig, todo: list[Input], checks) -> None:
         )
     models = stages.models_json(cfg.separator, cfg.stem, cfg.transcriber, version)
     transcribe_args = (model_path, cfg.device, cfg.batch_windows, _threads(c.transcribe))
-    postprocess_args = (cfg.notes, cfg.validate, cfg.tokenizer, models)
+    # Thresholds the config leaves unset are the transcriber's own (its decoding.yaml).
+    notes_cfg = cfg.notes.resolve(model_decoding(model_path))
+    postprocess_args = (notes_cfg, cfg.validate, cfg.tokenizer, models)
     if c.fuse_cpu_postprocess and not c.transcribe.num_gpus:
         ds = _map(
             ds,

@@ -75,13 +75,16 @@ class Transcriber:
                 results[i] = out
         return results  # type: ignore[return-value]
 
-    async def transcribe(self, clip: np.ndarray, decoding: dict[str, float]) -> np.ndarray:
+    async def transcribe(self, clip: np.ndarray, decoding: dict[str, float | None]) -> np.ndarray:
         from midiforge.transcription.notes import NoteDecoding, decode_notes
 
         model_id = serve.get_multiplexed_model_id() or self.settings.default_model
         runner = await self.get_model(model_id)
         out = await self._run((runner, clip))
-        return decode_notes(out, NoteDecoding(**decoding))
+        # Unset thresholds: the model's own calibrated ones (injected runners may have none).
+        return decode_notes(
+            out, NoteDecoding(**decoding).resolve(getattr(runner, "decoding", None))
+        )
 
     def models(self) -> list[str]:
         return list(self.loaded)
@@ -116,6 +119,38 @@ class Generation:
         req = GenerateRequest(**request)
         loop = asyncio.get_running_loop()
         return (await loop.run_in_executor(None, gen.generate, req)).midi
+
+    def models(self) -> list[str]:
+        return list(self.loaded)
+
+
+@serve.deployment
+class Classification:
+    """/v1/classify: style classifiers from the registry, up to 2 per replica (multiplexed
+    by name), each one onnxruntime session on its log-mel clips (no torch)."""
+
+    def __init__(self, settings: dict[str, Any]):
+        self.settings = cfgmod.from_dict(ServeSettings, settings)
+        self.loaded: list[str] = []
+
+    @serve.multiplexed(max_num_models_per_replica=2)
+    async def get_model(self, model_id: str):
+        from midiforge.classifiers.style.classifier import StyleClassifier, resolve_model_dir
+
+        def load():
+            folder = resolve_model_dir(model_id, self.settings.models_root)
+            return StyleClassifier.load(folder, threads=self.settings.threads)
+
+        clf = await asyncio.get_running_loop().run_in_executor(None, load)
+        self.loaded = [*[m for m in self.loaded if m != model_id][-1:], model_id]
+        return clf
+
+    async def classify(self, clip: np.ndarray, top: int) -> list[tuple[str, float]]:
+        from midiforge.audio import TRANSCRIPTION_SR
+
+        clf = await self.get_model(serve.get_multiplexed_model_id())
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(None, clf.predict, clip, TRANSCRIPTION_SR, top)
 
     def models(self) -> list[str]:
         return list(self.loaded)
@@ -202,9 +237,11 @@ def make_fastapi(settings: ServeSettings):
 def build_app(
     args: dict[str, Any] | None = None,
     loader: Callable[[str], Any] | None = None,
+    *,
     gateway_options: dict[str, Any] | None = None,
     transcriber_options: dict[str, Any] | None = None,
     generator_options: dict[str, Any] | None = None,
+    classifier_options: dict[str, Any] | None = None,
 ):
     """The Serve application. `args` are ServeSettings fields; `loader` replaces the
     registry loader with any name -> model function; the options go to each deployment's
@@ -216,9 +253,10 @@ def build_app(
     @serve.deployment
     @serve.ingress(api)
     class Gateway:
-        def __init__(self, transcriber, generator) -> None:
+        def __init__(self, transcriber, generator, classifier) -> None:
             self.transcriber = transcriber
             self.generator = generator
+            self.classifier = classifier
 
         @api.get("/healthz")
         async def healthz(self) -> dict:
@@ -235,6 +273,10 @@ def build_app(
                     "default": settings.generator_model,
                     "loaded": await self.generator.models.remote(),
                 },
+                "classifier": {
+                    "default": settings.classifier_model,
+                    "loaded": await self.classifier.models.remote(),
+                },
                 "registry": [
                     {"name": m.name, "kind": m.kind, "version": m.version} for m in reg.list()
                 ],
@@ -246,9 +288,11 @@ def build_app(
             audio: UploadFile = File(...),  # noqa: B008 - FastAPI's declaration style
             model: str = Query(settings.default_model),
             format: str = Query("midi", pattern="^(midi|json)$"),
-            onset_threshold: float = Query(0.5, gt=0, lt=1),
-            frame_threshold: float = Query(0.3, gt=0, lt=1),
-            min_note_ms: float = Query(127.70, ge=0),
+            # None: the model's calibrated threshold (its decoding.yaml; 0.5 / 0.3 / 127.7
+            # ms for stock, basic-pitch's defaults).
+            onset_threshold: float | None = Query(None, gt=0, lt=1),
+            frame_threshold: float | None = Query(None, gt=0, lt=1),
+            min_note_ms: float | None = Query(None, ge=0),
         ):
             _check_model_name(model)
             clip, seconds = read_upload(await audio.read(), settings)
@@ -266,10 +310,38 @@ def build_app(
             return Response(notes_midi(notes), media_type="audio/midi")
 
         @api.post("/v1/classify")
-        async def classify(self):
-            raise RequestError(
-                503, "not_configured", "no style classifier is configured for this service yet"
-            )
+        async def classify(
+            self,
+            audio: UploadFile = File(...),  # noqa: B008 - FastAPI's declaration style
+            model: str | None = Query(None),
+            top: int = Query(3, ge=1, le=20),
+        ):
+            from midiforge.classifiers.style.classifier import StyleInputError, StyleModelError
+
+            model = model or settings.classifier_model
+            if not model:
+                raise RequestError(
+                    503,
+                    "not_configured",
+                    "no style classifier is configured: set classifier_model in "
+                    "serve/config.yaml (a registry name, e.g. after `midiforge sweep style`), "
+                    "or name one with ?model=",
+                )
+            _check_model_name(model)
+            clip, seconds = read_upload(await audio.read(), settings)
+            handle = self.classifier.options(multiplexed_model_id=model)
+            try:
+                call = handle.classify.remote(clip, top)
+                styles = await _answer(call, settings.request_timeout_s)
+            except StyleModelError as e:
+                raise RequestError(404, "unknown_model", str(e)) from None
+            except StyleInputError as e:
+                raise RequestError(422, e.reason, str(e)) from None
+            return {
+                "model": model,
+                "duration_s": round(seconds, 4),
+                "styles": [{"style": s, "probability": round(float(p), 6)} for s, p in styles],
+            }
 
         @api.post("/v1/generate")
         async def generate(self, body: GenerateBody | None = None):
@@ -304,4 +376,5 @@ def build_app(
     settings_dict = dict(args or {})
     transcriber = Transcriber.options(**(transcriber_options or {})).bind(settings_dict, loader)
     generator = Generation.options(**(generator_options or {})).bind(settings_dict)
-    return Gateway.options(**(gateway_options or {})).bind(transcriber, generator)
+    classifier = Classification.options(**(classifier_options or {})).bind(settings_dict)
+    return Gateway.options(**(gateway_options or {})).bind(transcriber, generator, classifier)

@@ -48,6 +48,7 @@ def run(config: str | Path, port: int = 8000) -> None:
         gateway_options=options.get("Gateway"),
         transcriber_options=options.get("Transcriber"),
         generator_options=options.get("Generation"),
+        classifier_options=options.get("Classification"),
     )
     log.info("serving on http://127.0.0.1:%d (docs at /docs)", port)
     serve.run(app, name="midiforge", route_prefix="/", blocking=True)

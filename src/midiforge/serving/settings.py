@@ -13,6 +13,9 @@ class ServeSettings:
     # /v1/generate's model when a request names none: "rules" or an exported LM in the
     # registry. None = 503 for such requests until one is configured.
     generator_model: str | None = None
+    # /v1/classify's style classifier when a request names none (a registry name of kind
+    # style-classifier). None = 503 for such requests until one is configured.
+    classifier_model: str | None = None
     max_upload_bytes: int = 50 * 1024 * 1024  # 413 above this
     max_audio_seconds: float = 600.0  # 422 above this
     request_timeout_s: float = 60.0  # 504 when a transcription takes longer

@@ -1,6 +1,9 @@
 """Score transcription models side by side on the same audio (`midiforge compare`).
 
-Every model transcribes every input with the same note decoding. With reference MIDI,
+Every model transcribes every input with its own note decoding: thresholds given here
+apply to all models; thresholds left unset come from each model's `decoding.yaml` (the
+values its training run calibrated on validation pieces; basic-pitch's for stock), since
+that is how each model is used everywhere else. With reference MIDI,
 each piece is scored with `evaluation.note_metrics` (the project's one definition of
 precision / recall / f1 / f1_offset) and the model's figures are means over pieces, so a
 long piece does not outweigh the rest. Onset errors are pooled over all matched notes of
@@ -27,7 +30,7 @@ import numpy as np
 from midiforge import audio, evaluation, midi_io
 from midiforge import config as cfgmod
 from midiforge.transcription.models import InputError, resolve_model, transcribe_audio
-from midiforge.transcription.notes import NoteDecoding
+from midiforge.transcription.notes import NoteDecoding, model_decoding
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +47,11 @@ class CompareConfig:
     out: str | None = None  # folder for results.json, config.yaml and piano rolls
     plots: int = 3  # piano rolls per model (the first pieces by name)
     plot_seconds: float = 20.0  # the start of each piece that a piano roll shows
-    # Note decoding, basic-pitch's defaults: every model is decoded the same way.
-    onset_threshold: float = NoteDecoding.onset_threshold
-    frame_threshold: float = NoteDecoding.frame_threshold
-    min_note_ms: float = NoteDecoding.minimum_note_ms
+    # Note decoding for every model; None = each model's own (its decoding.yaml, else
+    # basic-pitch's defaults).
+    onset_threshold: float | None = None
+    frame_threshold: float | None = None
+    min_note_ms: float | None = None
     models_root: str | None = None  # registry root (default $MIDIFORGE_MODELS)
 
     def validate_config(self) -> None:
@@ -61,9 +65,10 @@ class CompareConfig:
         if self.plots < 0 or self.plot_seconds <= 0:
             raise cfgmod.ConfigError("plots must be >= 0 and plot_seconds > 0")
         for key in ("onset_threshold", "frame_threshold"):
-            if not 0 < getattr(self, key) < 1:
+            value = getattr(self, key)
+            if value is not None and not 0 < value < 1:
                 raise cfgmod.ConfigError(f"{key} must lie between 0 and 1")
-        if self.min_note_ms < 0:
+        if self.min_note_ms is not None and self.min_note_ms < 0:
             raise cfgmod.ConfigError("min_note_ms must be >= 0")
 
     def decoding(self) -> NoteDecoding:
@@ -323,14 +328,14 @@ def compare(cfg: CompareConfig) -> dict[str, Any]:
     refs = {p.name: load_reference(p.reference) for p in pieces if p.reference}
     # Every model is resolved before any is run, so a typo fails in seconds.
     model_paths = {m: resolve_model(m, cfg.models_root) for m in cfg.models}
-    decoding = cfg.decoding()
+    decodings = {m: cfg.decoding().resolve(model_decoding(path)) for m, path in model_paths.items()}
     out = Path(cfg.out) if cfg.out else None
     if out:
         out.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {"models": {}, "per_piece": {}}
     for model, path in model_paths.items():
         log.info("transcribing %d inputs with %s (%s)", len(pieces), model, path)
-        notes = transcribe_audio([p.audio for p in pieces], path, decoding)
+        notes = transcribe_audio([p.audio for p in pieces], path, decodings[model])
         results["models"][model], results["per_piece"][model] = score_model(pieces, notes, refs)
         if out and cfg.plots:
             _plot_model(
@@ -345,7 +350,7 @@ def compare(cfg: CompareConfig) -> dict[str, Any]:
     results.update(
         inputs=[str(p.audio) for p in pieces],
         reference=cfg.reference,
-        decoding=dataclasses.asdict(decoding),
+        decoding={m: dataclasses.asdict(d) for m, d in decodings.items()},
         unpaired=unpaired,
     )
     if out:

@@ -14,7 +14,7 @@ from midiforge.transcription.models import (
     resolve_model,
     transcribe_audio,
 )
-from midiforge.transcription.notes import NoteDecoding
+from midiforge.transcription.notes import NoteDecoding, model_decoding
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,6 @@ def extract(
     audio), decoding. The model is resolved before the audio is decoded, so a mistyped
     name fails at once.
     """
-    decoding = decoding or NoteDecoding()
     src = Path(input_path)
     if not src.is_file():
         raise InputError(f"no audio file {src}")
@@ -45,6 +44,7 @@ def extract(
     if dest.resolve() == src.resolve():
         raise InputError(f"the output {dest} would overwrite the input")
     model_path = resolve_model(model, models_root)
+    decoding = (decoding or NoteDecoding()).resolve(model_decoding(model_path))
     clip = load_clip(src)
     (notes,) = transcribe_audio([clip], model_path, decoding)
     if len(notes) == 0:

@@ -9,7 +9,7 @@ Hz, `audio.load_for_transcription`), so a comparison measures the model, not the
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +17,7 @@ import numpy as np
 from midiforge import audio
 from midiforge.errors import MidiforgeError
 from midiforge.registry import STOCK, Registry
-from midiforge.transcription.notes import NoteDecoding, decode_notes
+from midiforge.transcription.notes import NoteDecoding, decode_notes, model_decoding
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +87,35 @@ def load_clip(path: str | Path, limits: audio.AudioLimits | None = None) -> np.n
         raise InputError(f"{p}: {e}") from None
 
 
+def model_outputs(
+    paths_or_arrays: Sequence[str | Path | np.ndarray],
+    model_path: str | Path,
+    *,
+    device: str = "auto",
+    limits: audio.AudioLimits | None = None,
+) -> Iterator[dict[str, np.ndarray]]:
+    """The model's frame outputs (contour, note, onset) for each clip in order.
+
+    Items are audio file paths or float32 mono arrays at 22,050 Hz. One onnxruntime
+    session serves every clip and windows are batched across clips, as in the dataset job.
+    """
+    from midiforge.transcription.runner import OnnxTranscriber
+
+    try:
+        transcriber = OnnxTranscriber(model_path, device=device)
+    except ValueError as e:  # the runner's check of input and output names
+        raise UnusableModelError(str(e)) from None
+    pending: list[np.ndarray] = []
+    for item in paths_or_arrays:
+        is_array = isinstance(item, np.ndarray)
+        pending.append(np.asarray(item, np.float32) if is_array else load_clip(item, limits))
+        if sum(c.shape[0] for c in pending) >= GROUP_SECONDS * audio.TRANSCRIPTION_SR:
+            yield from transcriber(pending)
+            pending.clear()
+    if pending:
+        yield from transcriber(pending)
+
+
 def transcribe_audio(
     paths_or_arrays: Sequence[str | Path | np.ndarray],
     model_path: str | Path,
@@ -97,29 +126,10 @@ def transcribe_audio(
 ) -> list[np.ndarray]:
     """Notes, (N, 4) rows of (start_s, end_s, pitch, velocity), for each clip in order.
 
-    Items are audio file paths or float32 mono arrays at 22,050 Hz. One onnxruntime
-    session serves every clip and windows are batched across clips, as in the dataset job.
+    Thresholds the caller leaves unset come from the model's decoding.yaml (notes.py).
     """
-    from midiforge.transcription.runner import OnnxTranscriber
-
-    decoding = decoding or NoteDecoding()
-    try:
-        transcriber = OnnxTranscriber(model_path, device=device)
-    except ValueError as e:  # the runner's check of input and output names
-        raise UnusableModelError(str(e)) from None
-    notes: list[np.ndarray] = []
-    pending: list[np.ndarray] = []
-
-    def flush() -> None:
-        notes.extend(decode_notes(out, decoding) for out in transcriber(pending))
-        pending.clear()
-
-    for item in paths_or_arrays:
-        is_array = isinstance(item, np.ndarray)
-        pending.append(np.asarray(item, np.float32) if is_array else load_clip(item, limits))
-        if sum(c.shape[0] for c in pending) >= GROUP_SECONDS * audio.TRANSCRIPTION_SR:
-            flush()
-    if pending:
-        flush()
+    decoding = (decoding or NoteDecoding()).resolve(model_decoding(model_path))
+    outputs = model_outputs(paths_or_arrays, model_path, device=device, limits=limits)
+    notes = [decode_notes(out, decoding) for out in outputs]
     log.debug("transcribed %d clips with %s", len(notes), model_path)
     return notes

@@ -4,30 +4,71 @@ We call `basic_pitch.note_creation.output_to_notes_polyphonic` (the decoding ins
 `predict()`), skipping pitch-bend estimation, which does not change note events. Notes
 come back as (start_s, end_s, pitch, velocity) rows, velocity = round(127 * amplitude)
 as basic-pitch writes it to MIDI.
+
+Thresholds belong to a model: a fine-tuned model's outputs are calibrated differently
+from stock's, so `midiforge train run` picks them on its validation pieces and writes
+`decoding.yaml` beside `model.onnx`. A threshold left unset (None) is taken from there,
+else from basic-pitch's defaults; a threshold the user sets always wins.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
+import yaml
 
 from midiforge.transcription import constants as bp
+
+DECODING_FILE = "decoding.yaml"
+# basic-pitch's `predict()` defaults, so the stock model's notes match basic-pitch's.
+BASIC_PITCH_DEFAULTS = {"onset_threshold": 0.5, "frame_threshold": 0.3, "minimum_note_ms": 127.70}
 
 
 @dataclass
 class NoteDecoding:
-    onset_threshold: float = 0.5  # basic-pitch's defaults, so results match predict()
-    frame_threshold: float = 0.3
-    minimum_note_ms: float = 127.70
+    onset_threshold: float | None = None  # None: the model's decoding.yaml, else 0.5
+    frame_threshold: float | None = None  # None: the model's decoding.yaml, else 0.3
+    minimum_note_ms: float | None = None  # None: the model's decoding.yaml, else 127.7
     minimum_frequency: float | None = None
     maximum_frequency: float | None = None
     melodia_trick: bool = True
+
+    def resolve(self, model_defaults: Mapping[str, Any] | None = None) -> NoteDecoding:
+        """Every unset threshold filled: from `model_defaults`, else basic-pitch's."""
+        filled = {}
+        for key, fallback in BASIC_PITCH_DEFAULTS.items():
+            if getattr(self, key) is None:
+                filled[key] = float((model_defaults or {}).get(key, fallback))
+        return dataclasses.replace(self, **filled)
+
+
+def model_decoding(model_path: str | Path) -> dict[str, float]:
+    """The thresholds saved beside an ONNX model (`decoding.yaml`), or {} if none."""
+    path = Path(model_path).parent / DECODING_FILE
+    if not path.is_file():
+        return {}
+    saved = yaml.safe_load(path.read_text()) or {}
+    return {k: float(saved[k]) for k in BASIC_PITCH_DEFAULTS if k in saved}
+
+
+def save_decoding(folder: str | Path, values: Mapping[str, float], note: str = "") -> Path:
+    """Write `decoding.yaml` into a model folder (only the keys models own)."""
+    body = {k: float(values[k]) for k in BASIC_PITCH_DEFAULTS if k in values}
+    path = Path(folder) / DECODING_FILE
+    header = f"# {note}\n" if note else ""
+    path.write_text(header + yaml.safe_dump(body, sort_keys=False))
+    return path
 
 
 def decode_notes(output: dict[str, np.ndarray], cfg: NoteDecoding) -> np.ndarray:
     from basic_pitch import note_creation  # after constants: the package is already quiet
 
+    cfg = cfg.resolve()  # a no-op when the caller resolved against its model
     min_len = int(np.round(cfg.minimum_note_ms / 1000 * (bp.AUDIO_SAMPLE_RATE / bp.FFT_HOP)))
     events = note_creation.output_to_notes_polyphonic(
         output["note"],

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from midiforge.transcription import constants as bp
+from midiforge.transcription.notes import model_decoding
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,8 @@ class OnnxTranscriber:
                 f"and outputs {sorted(bp.OUTPUT_NAMES.values())}"
             )
         self.batch_windows = max(1, batch_windows)
+        # The thresholds calibrated for this model (decoding.yaml beside it; {} for stock).
+        self.decoding = model_decoding(model_path)
         self._keys = list(bp.OUTPUT_NAMES)
         self._outputs = [bp.OUTPUT_NAMES[k] for k in self._keys]
 

@@ -148,7 +148,8 @@ def _envelope(t: np.ndarray, held_s: float, p: SynthParams) -> np.ndarray:
     """ADSR whose release starts from wherever the note got to and reaches -60 dB at
     `release_s` after note-off: a tail that decays, never a held level."""
     at_off = float(_attack_decay(np.array(held_s), p))
-    release = at_off * np.exp(-(t - held_s) * np.log(1000) / p.release_s)
+    # Clamped at note-off: before it the branch is unused, and unclamped it overflows.
+    release = at_off * np.exp(-np.maximum(t - held_s, 0.0) * np.log(1000) / p.release_s)
     return np.where(t < held_s, _attack_decay(t, p), release)
 
 

@@ -64,12 +64,9 @@ class HarmonicCQT(nn.Module):
         kernels = np.concatenate([c.cqt_real, c.cqt_imag])[:, None, :].astype(np.float32)
         # Buffers, not parameters: the export stores each once and training never moves them.
         self.register_buffer("kernels", torch.from_numpy(kernels))
+        self.register_buffer("lowpass", torch.from_numpy(c.lowpass.astype(np.float32)[None, None]))
         self.register_buffer(
-            "lowpass", torch.from_numpy(c.lowpass.astype(np.float32)[None, None])
-        )
-        self.register_buffer(
-            "length_scale",
-            torch.from_numpy(c.length_scale.astype(np.float32)[None, None, :])
+            "length_scale", torch.from_numpy(c.length_scale.astype(np.float32)[None, None, :])
         )
         self.log10_factor = float(c.log10_factor)
         self.log_eps = float(c.log_eps)

@@ -4,7 +4,8 @@ Reads a `train prepare` folder, holds out whole pieces for validation (renders o
 piece in several timbres, stems `PIECE__v0`, `PIECE__v1`, ..., count as one piece and
 are never split), runs transcription.train_loop on a TorchTrainer, exports the best
 weights to ONNX shaped like the stock model, scores parent and child on the validation
-pieces' full recordings, and registers the model with its metrics. Re-running the same
+pieces' full recordings (calibrating the new model's decoding thresholds there, saved as
+decoding.yaml), and registers the model with its metrics. Re-running the same
 command after a kill resumes from the last checkpoint.
 """
 
@@ -176,9 +177,7 @@ def run(cfg: TrainRunConfig) -> dict[str, Any]:
         "resumed_from_step": last.get("resumed_from_step", 0),
         "base_val_loss": last.get("base_val_loss"),
         "best_val_loss": last.get("best_val_loss"),
-        "validation": _val_note_metrics(
-            manifest, val, cfg.base_model, cfg.models_root, folder / "model.onnx"
-        ),
+        "validation": _val_note_metrics(manifest, val, cfg, folder),
         "history": raytrain.history(result),
     }
     (folder / "transcriber_config.yaml").write_text(
@@ -203,13 +202,17 @@ def _jsonable(x: Any) -> Any:
     return x.item() if isinstance(x, np.generic) else str(x)
 
 
-def _val_note_metrics(manifest, val: list[str], base_model: str, models_root: str | None,
-                      model_path: Path) -> dict[str, Any]:  # fmt: skip
-    """Mean note metrics of the base model and the new one on the validation pieces' full
-    recordings (not windows): the numbers a user compares."""
+def _val_note_metrics(manifest, val: list[str], cfg: TrainRunConfig,
+                      folder: Path) -> dict[str, Any]:  # fmt: skip
+    """Note metrics on the validation pieces' full recordings (not windows): the numbers a
+    user compares. The new model's thresholds are calibrated here and saved beside it as
+    decoding.yaml; the base model is scored at its own thresholds, and also at the best
+    ones for these pieces (`base_calibrated`), which shows how much of the gain is
+    thresholds alone."""
     from midiforge import midi_io
-    from midiforge.evaluation import note_metrics
-    from midiforge.transcription.models import resolve_model, transcribe_audio
+    from midiforge.transcription import calibrate
+    from midiforge.transcription.models import model_outputs, resolve_model
+    from midiforge.transcription.notes import NoteDecoding, model_decoding, save_decoding
 
     conf = manifest["config"]
     pieces = [p for p in manifest["pieces"] if p["piece"] in set(val)]
@@ -217,17 +220,30 @@ def _val_note_metrics(manifest, val: list[str], base_model: str, models_root: st
     refs = [
         midi_io.notes_array(midi_io.load_midi(Path(conf["midi_dir"]) / p["midi"])) for p in pieces
     ]
+    model_path = folder / "model.onnx"
     try:
-        base_path = resolve_model(base_model, models_root)
+        base_path = resolve_model(cfg.base_model, cfg.models_root)
     except MidiforgeError:  # a weights.pt base has no ONNX to score; report the new model only
         base_path = None
-    out = {}
-    for name, path in (("base", base_path), ("trained", model_path)):
-        if path is None:
-            continue
-        scores = [
-            note_metrics(r, e) for r, e in zip(refs, transcribe_audio(audio, path), strict=True)
-        ]
-        out[name] = {k: float(np.mean([s[k] for s in scores])) for k in scores[0]}
-        out[name]["pieces"] = len(scores)
+    out: dict[str, Any] = {"pieces": len(pieces)}
+    trained = list(model_outputs(audio, model_path))
+    if cfg.calibrate.enabled:
+        cal = calibrate.calibrate(trained, refs, cfg.calibrate)
+        save_decoding(folder, cal["best"], note=(
+            f"calibrated on {len(pieces)} validation recordings by midiforge train run; "
+            f"score {cal['best']['score']:.4f} = {cfg.calibrate.objective}"
+        ))  # fmt: skip
+        out["calibration"] = cal
+    decoding = NoteDecoding().resolve(model_decoding(model_path))
+    out["trained"] = {**calibrate.score(trained, refs, decoding), **_thresholds(decoding)}
+    if base_path is not None:
+        base = list(model_outputs(audio, base_path))
+        decoding = NoteDecoding().resolve(model_decoding(base_path))
+        out["base"] = {**calibrate.score(base, refs, decoding), **_thresholds(decoding)}
+        if cfg.calibrate.enabled:
+            out["base_calibrated"] = calibrate.calibrate(base, refs, cfg.calibrate)["best"]
     return out
+
+
+def _thresholds(d) -> dict[str, float]:
+    return {"onset_threshold": d.onset_threshold, "frame_threshold": d.frame_threshold}

@@ -105,8 +105,15 @@ def _print_run(m: dict[str, Any], name: str) -> None:
         f"{m['val_windows']} val windows; val loss {m['base_val_loss']:.4f} (base) -> "
         f"{m['best_val_loss']:.4f}"
     )
-    for model, v in m["validation"].items():
-        print(f"  {model:12s} val onset-F1 {v['f1']:.3f}  onset+offset F1 {v['f1_offset']:.3f}")
+    val = m["validation"]
+    print(f"  on {val['pieces']} validation recordings (onset / frame thresholds):")
+    for model in ("base", "base_calibrated", "trained"):
+        if model in val:
+            v = val[model]
+            print(
+                f"  {model:16s} onset-F1 {v['f1']:.3f}  onset+offset F1 {v['f1_offset']:.3f}"
+                f"  ({v['onset_threshold']:.2f} / {v['frame_threshold']:.2f})"
+            )
 
 
 def add_prebuilt(p: argparse.ArgumentParser) -> None:
