@@ -230,6 +230,28 @@ def _add_transcription(sub: argparse._SubParsersAction) -> None:
     ))  # fmt: skip
 
 
+def _add_classifiers(sub: argparse._SubParsersAction) -> None:
+    from midiforge.classifiers import sweep_command
+    from midiforge.classifiers.drums import command as drums
+    from midiforge.classifiers.style import command as style
+
+    d = sub.add_parser("drums", help="the drum-hit filter: extract, train, evaluate")
+    _commands(d.add_subparsers(dest="action", required=True), (
+        ("extract", drums.add_extract, drums.run_extract, "drum stem -> MIDI hits"),
+        ("train", drums.add_train, drums.run_train, "learn keep/remove from edited MIDI"),
+        ("evaluate", drums.add_evaluate, drums.run_evaluate, "model vs thresholds on songs"),
+        ("render", drums.add_render, drums.run_render, "render synthetic drum-stem songs"),
+    ))  # fmt: skip
+    s = sub.add_parser("style", help="the style classifier: train, evaluate, predict")
+    _commands(s.add_subparsers(dest="action", required=True), (
+        ("train", style.add_train, style.run_train, "render, train, export, register"),
+        ("evaluate", style.add_evaluate, style.run_evaluate, "accuracy on held-out pieces"),
+        ("predict", style.add_predict, style.run_predict, "audio file -> top styles"),
+    ))  # fmt: skip
+    _commands(sub, (("sweep", sweep_command.add_sweep, sweep_command.run_sweep,
+                     "Ray Tune sweep of a classifier -> ONNX -> registry"),))  # fmt: skip
+
+
 # --- entry point -------------------------------------------------------------------------
 
 
@@ -252,6 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_serve(sub)
     _add_lm(sub)
     _add_transcription(sub)
+    _add_classifiers(sub)
     return parser
 
 

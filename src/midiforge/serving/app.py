@@ -336,7 +336,7 @@ def build_app(
             except StyleModelError as e:
                 raise RequestError(404, "unknown_model", str(e)) from None
             except StyleInputError as e:
-                raise RequestError(422, e.reason, str(e)) from None
+                raise RequestError(422, e.reason, e.detail) from None
             return {
                 "model": model,
                 "duration_s": round(seconds, 4),
