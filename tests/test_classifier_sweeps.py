@@ -75,8 +75,9 @@ def test_style_sweep_registers_the_best_trial(style_sweep):
     assert len(sweep["trials"]) == 2 and all(t["error"] is None for t in sweep["trials"])
     assert all(1 <= t["iterations"] <= 2 for t in sweep["trials"])  # 2 epochs = max_t
     best = sweep["best"]
-    assert best["metrics"]["val_best_accuracy"] == max(
-        t["metrics"]["val_best_accuracy"] for t in sweep["trials"]
+    furthest = max(t["iterations"] for t in sweep["trials"])
+    assert best["iterations"] == furthest and best["metrics"]["val_best_accuracy"] == max(
+        t["metrics"]["val_best_accuracy"] for t in sweep["trials"] if t["iterations"] == furthest
     )
     folder = Registry(cfg.style.models_root).fetch("style-swept")
     saved = json.loads((folder / "metrics.json").read_text())
@@ -171,7 +172,11 @@ def test_drum_sweep_registers_the_best_trial(drum_sweep, tmp_path):
     assert len(sweep["trials"]) == 2 and all(t["error"] is None for t in sweep["trials"])
     assert all(1 <= t["iterations"] <= 3 for t in sweep["trials"])  # one report per fold
     best = sweep["best"]
-    assert best["metrics"]["cv_f1"] == max(t["metrics"]["cv_f1"] for t in sweep["trials"])
+    furthest = max(t["iterations"] for t in sweep["trials"])
+    assert best["iterations"] == furthest  # a trial ASHA stopped early is not compared
+    assert best["metrics"]["cv_f1"] == max(
+        t["metrics"]["cv_f1"] for t in sweep["trials"] if t["iterations"] == furthest
+    )
     man = Registry(cfg.drums.models_root).manifest("snare-swept")
     assert man.kind == "drum-filter" and "sweep.json" in man.files
     assert man.metrics["sweep"]["best_config"] == best["config"]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,6 +111,8 @@ def run_sweep(
 
     settings.validate_config()
     connect(settings.address, dashboard=True)
+    # A new folder per sweep: an earlier sweep's trials never mix into this one's logs.
+    run_name = f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
     storage = (
         str(Path(settings.storage).resolve()) if "://" not in settings.storage else settings.storage
     )
@@ -132,11 +135,11 @@ def run_sweep(
             max_concurrent_trials=settings.max_concurrent_trials,
             search_alg=BasicVariantGenerator(random_state=settings.seed),
         ),
-        run_config=tune.RunConfig(name=name, storage_path=storage, verbose=1),
+        run_config=tune.RunConfig(name=run_name, storage_path=storage, verbose=1),
     )
     grid = tuner.fit()
     summary = summarize(grid, settings)
-    summary["logdir"] = f"{storage}/{name}"
+    summary["logdir"] = f"{storage}/{run_name}"
     return summary, grid[summary["best"]["index"]]
 
 
@@ -157,8 +160,14 @@ def summarize(grid, settings: SweepSettings) -> dict[str, Any]:
     if not scored:
         errors = "; ".join(t["error"] for t in trials if t["error"]) or "no trial reported"
         raise SweepError(f"no trial reported {settings.metric}: {errors}")
+    # Only the trials that went furthest are compared: a trial ASHA stopped after two
+    # folds (or epochs) reports a mean over fewer, noisier iterations.
+    furthest = max(t["iterations"] for t in scored)
     sign = 1 if settings.mode == "max" else -1
-    best = max(scored, key=lambda t: sign * t["metrics"][settings.metric])
+    best = max(
+        (t for t in scored if t["iterations"] == furthest),
+        key=lambda t: sign * t["metrics"][settings.metric],
+    )
     stopped_early = sum(1 for t in trials if 0 < t["iterations"] < settings.max_t)
     return {
         "metric": settings.metric,
