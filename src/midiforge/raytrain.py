@@ -186,6 +186,15 @@ def track_best(state: dict[str, Any], val: float, net, best, patience: int):
     return best, bool(patience and state["bad_evals"] >= patience)
 
 
+def log_scalars(writer, metrics: dict[str, Any], keys, step: int) -> None:
+    """TensorBoard scalars for `keys` of `metrics`; a no-op without a writer (rank > 0)."""
+    if writer is None:
+        return
+    for k in keys:
+        writer.add_scalar(k, metrics[k], step)
+    writer.flush()
+
+
 def step_metrics(state: dict[str, Any], losses: list[float], lr_sched, stop: bool) -> dict:
     """The metrics every training loop reports, besides its own."""
     return {

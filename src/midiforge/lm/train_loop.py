@@ -136,10 +136,8 @@ def train_loop(cfg: dict[str, Any]) -> None:
                     "val_perplexity": math.exp(min(50.0, val_loss)),
                     "tokens_per_s": tokens_seen / max(1e-9, time.monotonic() - window_t0),
                 }
-                if writer:
-                    for k in ("train_loss", "val_loss", "val_perplexity", "lr", "tokens_per_s"):
-                        writer.add_scalar(k, metrics[k], state["step"])
-                    writer.flush()
+                scalars = ("train_loss", "val_loss", "val_perplexity", "lr", "tokens_per_s")
+                raytrain.log_scalars(writer, metrics, scalars, state["step"])
                 raytrain.report(metrics, rank, net, opt, lr_sched, state, best_weights)
                 tokens_seen, window_t0, losses = 0, time.monotonic(), []
             if stop:

@@ -193,11 +193,10 @@ def train_loop(cfg: dict[str, Any]) -> None:  # noqa: PLR0915 - one loop, top to
                 "base_val_loss": state["base_val"],
                 "windows_per_s": seen / max(1e-9, time.monotonic() - window_t0),
             }
-            if writer:
-                for k, v in metrics.items():
-                    if k.endswith(("loss", "_s")) or k in ("lr", "windows_per_s"):
-                        writer.add_scalar(k, v, state["step"])
-                writer.flush()
+            scalars = [
+                k for k in metrics if k.endswith(("loss", "_s")) or k in ("lr", "windows_per_s")
+            ]
+            raytrain.log_scalars(writer, metrics, scalars, state["step"])
             raytrain.report(metrics, rank, net, opt, lr_sched, state, best_weights)
             seen, window_t0, losses = 0, time.monotonic(), []
             if stop:

@@ -154,15 +154,12 @@ def labelled_hits(
     )
 
 
-def rendered_hits(
-    render: RenderConfig,
-    out_dir: str | Path,
-    cfg: DrumTrainConfig | None = None,
-    defaults: DrumDefaults | None = None,
-) -> LabelledHits:
-    """`labelled_hits` on synthetic songs for `render.stem`, rendered into out_dir first
-    unless out_dir/render.yaml says the same songs are already there (renders take
-    seconds per song; a sweep's driver should not pay them twice)."""
+def ensure_rendered(
+    render: RenderConfig, out_dir: str | Path, defaults: DrumDefaults | None = None
+) -> Path:
+    """Synthetic songs for `render.stem` in out_dir, rendered unless out_dir/render.yaml
+    says the same songs are already there (renders take seconds per song; a sweep's
+    driver should not pay them twice)."""
     render.validate_config()
     out = Path(out_dir)
     stamp = out / "render.yaml"
@@ -175,6 +172,17 @@ def rendered_hits(
         render_songs(render.stem, render.songs, render.seconds, out, render.seed,
                      defaults=defaults)  # fmt: skip
         cfgmod.save(render, stamp)
+    return out
+
+
+def rendered_hits(
+    render: RenderConfig,
+    out_dir: str | Path,
+    cfg: DrumTrainConfig | None = None,
+    defaults: DrumDefaults | None = None,
+) -> LabelledHits:
+    """`labelled_hits` on the synthetic songs of `ensure_rendered`."""
+    out = ensure_rendered(render, out_dir, defaults)
     return labelled_hits(render.stem, out / "raw", out / "edited", out / "audio", cfg)
 
 

@@ -87,40 +87,39 @@ def trial(config: dict[str, Any], data: dict[str, Any]) -> None:
     )  # fmt: skip
 
 
-def _folders(t: DrumSweepTarget) -> tuple[Path, Path, Path]:
-    from midiforge.classifiers.drums.data import rendered_hits
+def _training_hits(t: DrumSweepTarget):
+    """(labelled hits, (raw, edited, audio) folders): the user's, or rendered songs."""
+    from midiforge.classifiers.drums.data import labelled_hits, rendered_hits
 
     if t.raw_dir:
-        return Path(t.raw_dir), Path(t.edited_dir), Path(t.audio_dir)
+        folders = (Path(t.raw_dir), Path(t.edited_dir), Path(t.audio_dir))
+        return labelled_hits(t.stem, *folders, t.train), folders
     songs = Path(t.work_dir) / "songs" / f"train-{t.stem}-seed{t.seed}"
-    rendered_hits(RenderConfig(t.stem, t.songs, t.seconds, t.seed), songs, t.train)
-    return songs / "raw", songs / "edited", songs / "audio"
+    hits = rendered_hits(RenderConfig(t.stem, t.songs, t.seconds, t.seed), songs, t.train)
+    return hits, (songs / "raw", songs / "edited", songs / "audio")
 
 
 def _test_dir(t: DrumSweepTarget) -> Path | None:
-    from midiforge.classifiers.drums.data import rendered_hits
+    from midiforge.classifiers.drums.data import ensure_rendered
 
     if t.test_dir:
         return Path(t.test_dir)
     if not t.test_songs:
         return None
     songs = Path(t.work_dir) / "songs" / f"test-{t.stem}-seed{t.test_seed}"
-    rendered_hits(RenderConfig(t.stem, t.test_songs, t.seconds, t.test_seed), songs, t.train)
-    return songs
+    return ensure_rendered(RenderConfig(t.stem, t.test_songs, t.seconds, t.test_seed), songs)
 
 
 def run(cfg: DrumSweepConfig) -> dict[str, Any]:
     """Sweep; train, export and register the best draw; score it on held-out songs."""
     from midiforge.classifiers.drums import workflow
-    from midiforge.classifiers.drums.data import labelled_hits
     from midiforge.classifiers.sweep import run_sweep
 
     cfg.validate_config()
     t = cfg.drums
     t.validate_config()
     name = t.out or f"drums-{t.stem}"
-    raw, edited, audio = _folders(t)
-    hits = labelled_hits(t.stem, raw, edited, audio, t.train)
+    hits, (raw, edited, audio) = _training_hits(t)
     base = cfgmod.to_dict(t.train.filter)
     settings = dataclasses.replace(cfg.sweep, max_t=t.train.filter.folds)
     settings.grace_period = min(settings.grace_period, settings.max_t)
@@ -132,7 +131,7 @@ def run(cfg: DrumSweepConfig) -> dict[str, Any]:
     best = cfgmod.from_dict(FilterConfig, {**base, **summary["best"]["config"]})
     train = dataclasses.replace(t.train, filter=best)
     folder = Path(t.work_dir) / "models" / name
-    report = workflow.train(t.stem, raw, edited, audio, folder, train)
+    report = workflow.train(t.stem, raw, edited, audio, folder, train, hits=hits)
     summary["seconds"] = sweep_s
     (folder / SWEEP_FILE).write_text(json.dumps(summary, indent=2, default=str) + "\n")
     report["metrics"]["sweep"] = {

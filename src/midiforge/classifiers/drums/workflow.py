@@ -18,6 +18,7 @@ from typing import Any
 
 from midiforge.classifiers.drums import hitmidi, labels
 from midiforge.classifiers.drums.data import (
+    LabelledHits,
     SongFolderError,
     labelled_hits,
     pair_songs,
@@ -108,14 +109,18 @@ def train(  # noqa: PLR0917 - the command's four folders and its output, in its 
     audio_dir: str | Path,
     output_folder: str | Path,
     cfg: DrumTrainConfig,
+    *,
+    hits: LabelledHits | None = None,
 ) -> dict[str, Any]:
     """Label every raw detection, train and cross-validate (folds by song), and write the
     model folder (model.onnx, config.yaml, metrics.json, features.json, importance.png,
     report.json). The report holds what `register` needs: `metrics` and
-    `training_data_hash`. Raises TrainingDataError under 50 detections or with one class."""
+    `training_data_hash`. Raises TrainingDataError under 50 detections or with one class.
+    `hits`: these folders already labelled with cfg's features (a sweep's driver has)."""
     check_stem(stem)
     cfg.validate_config()
-    hits = labelled_hits(stem, raw_dir, edited_dir, audio_dir, cfg)
+    if hits is None:
+        hits = labelled_hits(stem, raw_dir, edited_dir, audio_dir, cfg)
     estimator, result = train_filter(hits.x, hits.y, cfg.filter, groups=hits.song)
     out = Path(output_folder)
     metrics = {**result["cv"], **summary(hits), "stem": stem, "model": cfg.filter.model}
