@@ -13,7 +13,7 @@ BIN       := $(VENV)/bin
 STAMP     := $(VENV)/.midiforge-installed
 PIP       := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: install sysdeps demo test lint bench clean
+.PHONY: install sysdeps demo test lint bench clean image
 
 install: $(STAMP)
 
@@ -71,3 +71,12 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache .ruff_cache
+
+# The container image at the pinned Ray version (pyproject.toml is the one pin):
+#   make image                 midiforge:$(RAY_VERSION)-cpu
+#   make image VARIANT=gpu     midiforge:$(RAY_VERSION)-gpu (CUDA torch, onnxruntime-gpu)
+RAY_VERSION := $(shell sed -n 's/.*"ray\[[^]]*\]==\([0-9.]*\)".*/\1/p' pyproject.toml | head -n 1)
+VARIANT ?= cpu
+image:
+	docker build -f docker/Dockerfile --build-arg RAY_VERSION=$(RAY_VERSION) \
+		--build-arg VARIANT=$(VARIANT) -t midiforge:$(RAY_VERSION)-$(VARIANT) .

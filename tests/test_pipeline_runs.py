@@ -3,16 +3,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import signal
 import subprocess
-import sys
-import tempfile
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pyarrow.dataset as pads
@@ -23,10 +17,9 @@ from midiforge.pipeline import work
 from midiforge.pipeline.build import build_dataset
 from midiforge.pipeline.config import DatasetConfig
 
-from .conftest import free_port
+from .ray_nodes import BIN, kill_group, ray_env, start_head, stop, wait_http
 
 ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
 
 
 def rows(out: Path) -> list[tuple]:
@@ -39,12 +32,6 @@ def rows(out: Path) -> list[tuple]:
 
 def rejects(out: Path) -> list[tuple]:
     return sorted(tuple(r.values()) for r in pq.read_table(out / "rejects.parquet").to_pylist())
-
-
-def _kill_group(proc: subprocess.Popen) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=30)
 
 
 @pytest.mark.usefixtures("ray_local")
@@ -65,7 +52,7 @@ def test_killed_run_resumes_to_the_same_dataset(tiny_corpus, tmp_path):
         assert proc.poll() is None, "the run ended before any input finished"
         assert time.monotonic() < deadline, "no input finished in time"
         time.sleep(0.2)
-    _kill_group(proc)
+    kill_group(proc)
     # Workers already inside a batch when the driver died finish writing it (for well
     # under a second), then exit: wait for the folder to go quiet before resuming.
     finished, quiet_since = work.work_files(str(killed)), time.monotonic()
@@ -94,54 +81,14 @@ def test_killed_run_resumes_to_the_same_dataset(tiny_corpus, tmp_path):
     assert rejects(killed) == rejects(fresh)
 
 
-def _wait_http(url: str, proc: subprocess.Popen, seconds: float) -> None:
-    deadline = time.monotonic() + seconds
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=2):  # noqa: S310 - loopback URL we built
-                return
-        except urllib.error.HTTPError:
-            return  # it answered (401 when Ray's token auth is on, the default since 2.52)
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{url} did not come up") from None
-            time.sleep(0.5)
-
-
 def test_ray_job_submit_from_a_laptop(tiny_corpus, tmp_path):
-    ports = {name: free_port() for name in ("gcs", "dash", "agent", "client", "metrics")}
-    temp = tempfile.mkdtemp(prefix="rt-", dir="/tmp")  # short: Ray's socket paths are limited
     # Ray >= 2.52 makes `ray start` require a token (written to ~/.ray/auth_token); the
     # client sends it only in token mode.
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "RAY_USAGE_STATS_ENABLED": "0",
-           "RAY_AUTH_MODE": "token"}  # fmt: skip
-    env.pop("RAY_ADDRESS", None)
-    head = subprocess.Popen(
-        [
-            str(BIN / "ray"),
-            "start",
-            "--head",
-            "--block",
-            "--node-ip-address=127.0.0.1",
-            f"--port={ports['gcs']}",
-            "--dashboard-host=127.0.0.1",
-            f"--dashboard-port={ports['dash']}",
-            f"--dashboard-agent-listen-port={ports['agent']}",
-            f"--ray-client-server-port={ports['client']}",
-            f"--metrics-export-port={ports['metrics']}",
-            "--num-cpus=2",
-            f"--temp-dir={temp}",
-            "--include-dashboard=true",
-            "--disable-usage-stats",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-        env=env,
-    )
+    env = ray_env(RAY_AUTH_MODE="token")
+    head, ports = start_head(env)
     try:
         address = f"http://127.0.0.1:{ports['dash']}"
-        _wait_http(f"{address}/api/version", head, 120)
+        wait_http(f"{address}/api/version", head, 120)
         out = tmp_path / "out"
         wavs = sorted((tiny_corpus / "audio" / "fiddle").glob("*.wav"))
         submit = subprocess.run(
@@ -178,7 +125,4 @@ def test_ray_job_submit_from_a_laptop(tiny_corpus, tmp_path):
         assert rep["accepted"] + rep["rejected"] == rep["inputs"]
         assert "dataset:" in submit.stdout  # the job's own summary came back in its logs
     finally:
-        head.send_signal(signal.SIGTERM)  # `ray start --block` stops its processes on SIGTERM
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            head.wait(timeout=60)
-        _kill_group(head)
+        stop(head)
