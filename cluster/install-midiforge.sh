@@ -15,7 +15,11 @@ case "$variant" in cpu|gpu) ;; *) echo "usage: $0 cpu|gpu|auto" >&2; exit 2 ;; e
 root="$(cd "$(dirname "$0")/.." && pwd)"
 pip="python -m pip --disable-pip-version-check --no-cache-dir -q"
 $pip install "setuptools<81" wheel
-$pip install -r "$root/requirements/torch-$variant.txt"
+# PyPI's torch wheel for Linux is the CUDA build (several GB); CPU nodes take PyTorch's
+# CPU index instead. torch-gpu.txt names its CUDA index itself.
+index=()
+if [ "$variant" = cpu ]; then index=(--extra-index-url https://download.pytorch.org/whl/cpu); fi
+$pip install "${index[@]}" -r "$root/requirements/torch-$variant.txt"
 $pip install -c "$root/requirements/constraints.txt" "$root[data,train,serve]"
 $pip install --no-deps -r "$root/requirements/basic-pitch.txt"
 if [ "$variant" = gpu ]; then
