@@ -44,10 +44,11 @@ def test_windows_start_on_bars_carry_the_prefix_and_cover_the_piece(tokenizer):
     other = tokenizer.vocab["Position_0"]
     tokens = np.array(([bar] + [other] * 19) * 10, np.int32)  # 10 bars of 20 tokens
     v = LMVocab.for_tokenizer(tokenizer, ["folk"])
-    piece = data.Piece("p", "folk", "G major", transpose=2, tokens=tokens)
+    # a copy transposed up 2 from G: its key column already says A major
+    piece = data.Piece("p", "folk", "A major", transpose=2, tokens=tokens)
     w = data.windows([piece], v, seq_len=63, bar_id=bar)
     assert w.shape[1] == 63 and len(w) > 1
-    assert (w[:, :3] == v.prefix("folk", "A major")).all()  # G transposed up 2 = A
+    assert (w[:, :3] == v.prefix("folk", "A major")).all()
     assert (w[:, 3] == bar).all()
     assert w[-1][w[-1] != v.pad][-1] == v.eos  # the last window reaches the piece's end
     programs = data.style_programs([piece], tokenizer)

@@ -126,3 +126,30 @@ def test_expand_augments_train_only(through_postprocess):
                          tokenizer=make_tokenizer(cfg.tokenizer), seed=0)  # fmt: skip
     assert again.equals(out)
     assert isinstance(out, pa.Table)
+
+
+def test_lm_windows_carry_each_copys_own_key(through_postprocess):
+    """The key column of a transposed copy is estimated on the copy, so the language
+    model's Key token must be that column as is (adding the shift again made the token
+    disagree with the music on 11 of 12 copies)."""
+    from midiforge.lm import data as lm_data
+    from midiforge.lm.vocab import LMVocab, parse_key
+
+    table = work.to_work_table(through_postprocess)
+    ids = table.column("piece_id").to_pylist()
+    pid = ids[0]
+    cfg = DatasetConfig()
+    tok = make_tokenizer(cfg.tokenizer)
+    rows = split.expand(table, splits=dict.fromkeys(ids, "train"), augment_splits=["train"],
+                        aug_cfg=cfg.augment, tokenizer=tok, seed=0).to_pylist()  # fmt: skip
+    pieces = [lm_data.piece_from_row(r) for r in rows if r["piece_id"] == pid]
+    original = next(p for p in pieces if p.transpose == 0)
+    tonic, mode = parse_key(original.key)
+    vocab = LMVocab.for_tokenizer(tok, ["fiddle"])
+    bar = tok.vocab["Bar_None"]
+    shifted = [p for p in pieces if p.transpose]
+    assert len(shifted) >= 8
+    for p in shifted:
+        assert parse_key(p.key) == ((tonic + p.transpose) % 12, mode), (p.transpose, p.key)
+        w = lm_data.windows([p], vocab, seq_len=64, bar_id=bar)
+        assert (w[:, 2] == vocab.key_id(p.key)).all()

@@ -78,15 +78,17 @@ def read_pieces(
             continue
         if exclude_styles and r["style"] in exclude_styles:
             continue
-        if not r["key"] or not r["tokens"]:
-            continue
-        aug = json.loads(r["augmentation"] or "{}")
-        t = int(aug.get("transpose", 0))
-        pieces.append(
-            Piece(r["piece_id"], r["style"], r["key"], t, np.asarray(r["tokens"], np.int32))
-        )
+        if r["key"] and r["tokens"]:
+            pieces.append(piece_from_row(r))
     pieces.sort(key=lambda p: (p.piece_id, p.transpose, len(p.tokens)))
     return pieces
+
+
+def piece_from_row(r: dict) -> Piece:
+    """A dataset row as a training piece. Its key column is the key estimated on the copy
+    itself (so transposition is already in it); `transpose` only orders copies."""
+    t = int(json.loads(r["augmentation"] or "{}").get("transpose", 0))
+    return Piece(r["piece_id"], r["style"], r["key"], t, np.asarray(r["tokens"], np.int32))
 
 
 def style_programs(pieces: list[Piece], tokenizer, min_share: float = 0.01) -> dict[str, list[int]]:
@@ -117,7 +119,7 @@ def windows(pieces: list[Piece], vocab: LMVocab, seq_len: int, bar_id: int) -> n
         raise DataError(f"seq_len {seq_len} leaves no room for music after the prefix")
     rows = []
     for p in pieces:
-        prefix = vocab.prefix(p.style, p.key, p.transpose)
+        prefix = vocab.prefix(p.style, p.key)
         toks = np.concatenate([p.tokens.astype(np.int64), [vocab.eos]])
         starts = bar_starts(p.tokens, bar_id)
         starts = starts if len(starts) else np.array([0])

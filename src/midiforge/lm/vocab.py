@@ -107,8 +107,10 @@ class LMVocab:
     def key_id(self, key: str, transpose: int = 0) -> int:
         return self.base_size + STYLE_SLOTS + KEY_TOKENS.index(key_token(key, transpose))
 
-    def prefix(self, style: str, key: str, transpose: int = 0) -> list[int]:
-        return [self.bos, self.style_id(style), self.key_id(key, transpose)]
+    def prefix(self, style: str, key: str) -> list[int]:
+        """`key` is the key the music is in: for an augmented copy the dataset's key column
+        already has the transposition applied, so nothing is added here."""
+        return [self.bos, self.style_id(style), self.key_id(key)]
 
     def is_conditioning(self, token_id: int) -> bool:
         return token_id >= self.base_size
