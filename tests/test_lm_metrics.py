@@ -92,6 +92,22 @@ def test_pch_kl_is_zero_for_the_reference_distribution_and_grows_with_drift():
     assert math.isnan(pch_kl(EMPTY, context.pch))
 
 
+def test_reference_pch_kl_is_leave_one_out():
+    # Three copies of one distribution: each piece against the other two scores 0.
+    same = [melody([60, 62, 64, 64]), melody([72, 74, 76, 76]), melody([48, 50, 52, 52])]
+    assert reference_context(same).means["pch_kl"] == pytest.approx(0.0, abs=1e-12)
+    # Two pieces: each is scored against the other alone, never against itself.
+    a, b = melody([60, 62, 64, 64]), melody([67, 64, 60, 60])
+    want = (pch_kl(a, _pc(b)) + pch_kl(b, _pc(a))) / 2
+    got = reference_context([a, b]).means["pch_kl"]
+    assert got == pytest.approx(want) and got > pch_kl(a, reference_context([a, b]).pch)
+    assert math.isnan(reference_context([a]).means["pch_kl"])  # no other piece
+
+
+def _pc(piece: Piece) -> np.ndarray:
+    return np.bincount(piece.notes[:, 2].astype(int) % 12, minlength=12).astype(float)
+
+
 def test_reference_context_learns_the_triads_the_reference_uses():
     reference = [arpeggios([TONIC, SUBDOM, DOM, TONIC]), arpeggios([TONIC, DOM, SUBDOM, TONIC])]
     context = reference_context(reference)

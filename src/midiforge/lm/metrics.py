@@ -15,7 +15,9 @@ Per-piece metrics (`piece_metrics`). Every one handles an empty piece; nan means
 - pch_kl: KL(P_ref || P_piece) in bits. P_ref is the reference set's aggregate
   pitch-class histogram (note counts summed over all its pieces), P_piece the piece's;
   each is normalised, gets `PCH_EPSILON` added to every bin and is normalised again. 0
-  when the piece has the reference's pitch-class distribution. nan when empty.
+  when the piece has the reference's pitch-class distribution. nan when empty. The
+  reference's own pch_kl is leave-one-out (each reference piece against the aggregate
+  of the others): the level a real piece of the style reaches.
 - chord_tone_ratio: how much of the piece is made of chord tones, with chords drawn from
   the reference's harmonic vocabulary. Pitch classes are taken relative to the piece's
   key tonic. Candidate chords are the diatonic triads of the key's mode: the seven
@@ -105,13 +107,14 @@ PIECE_METRICS = (
     "note_density",
     "self_similarity_8bar",
 )
-REFERENCE_METRICS = tuple(m for m in PIECE_METRICS if m != "pch_kl")
+# The reference scores itself on every per-piece metric; its pch_kl is leave-one-out.
+REFERENCE_METRICS = PIECE_METRICS
 CONFIG_METRICS = (
     "perplexity",
     "pch_kl",
     "pch_overlap",
     "pch_kl_set",
-    *REFERENCE_METRICS,
+    *(m for m in PIECE_METRICS if m != "pch_kl"),
 )
 
 _MAJOR_SCALE = (0, 2, 4, 5, 7, 9, 11)
@@ -157,7 +160,8 @@ class ReferenceContext:
     pch: the reference's aggregate pitch-class distribution (12 bins, sums to 1, or all
     zero for an empty reference). triads: per mode, the allowed triad names.
     triad_share: per mode, the share of the reference's bars each triad fits.
-    means: the reference's own nan-aware means of `REFERENCE_METRICS`.
+    means: the reference's own nan-aware means of `REFERENCE_METRICS` (pch_kl
+    leave-one-out).
     """
 
     pch: np.ndarray
@@ -336,7 +340,17 @@ def reference_context(pieces: list[Piece]) -> ReferenceContext:
     context = ReferenceContext(pch=pch, triads=triads, triad_share=shares, n_pieces=len(pieces))
     values = [piece_metrics(p, context) for p in pieces]
     means = {m: _nanmean([v[m] for v in values]) for m in REFERENCE_METRICS}
+    means["pch_kl"] = _leave_one_out_pch_kl(pieces)
     return replace(context, means=means)
+
+
+def _leave_one_out_pch_kl(pieces: list[Piece]) -> float:
+    """Mean pch_kl of each reference piece against the aggregate of the others: what a
+    real piece of the style scores, the level a generator can be compared with (scoring
+    a piece against an aggregate that includes it would flatter the reference)."""
+    counts = [_pc_counts(p) for p in pieces]
+    total = np.sum(counts, axis=0) if counts else np.zeros(12)
+    return _nanmean([pch_kl(p, total - c) for p, c in zip(pieces, counts, strict=True)])
 
 
 def _pch_vectors(pieces: list[Piece]) -> np.ndarray:

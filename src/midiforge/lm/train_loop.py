@@ -118,7 +118,7 @@ def train_loop(cfg: dict[str, Any]) -> None:
             opt.step()
             lr_sched.step()
             state["step"] += 1
-            losses.append(float(loss))
+            losses.append(loss.item())
             tokens_seen += int((labels != -100).sum())
             state["elapsed"] = time.monotonic() - started
             spent = raytrain.budget_spent(state, sched, total_steps)

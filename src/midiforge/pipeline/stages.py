@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 
 from midiforge import audio as audiomod
-from midiforge import evaluation, midi_io
+from midiforge import midi_io
 from midiforge.pipeline import schema
 from midiforge.pipeline.inputs import read_bytes
 
@@ -188,6 +188,10 @@ def _model_output(r: dict[str, Any]) -> dict[str, np.ndarray]:
 
 
 def _reference_metrics(r: dict[str, Any], notes: np.ndarray) -> None:
+    # Imported here: mir_eval pulls in scipy.stats (~1.4 s per actor start), and only runs
+    # that score against reference MIDI need it.
+    from midiforge import evaluation
+
     try:
         ref = midi_io.notes_array(midi_io.load_midi(read_bytes(r["reference_uri"])))
     except (OSError, ValueError) as e:
