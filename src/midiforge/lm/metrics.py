@@ -339,8 +339,10 @@ def reference_context(pieces: list[Piece]) -> ReferenceContext:
     }
     context = ReferenceContext(pch=pch, triads=triads, triad_share=shares, n_pieces=len(pieces))
     values = [piece_metrics(p, context) for p in pieces]
-    means = {m: _nanmean([v[m] for v in values]) for m in REFERENCE_METRICS}
-    means["pch_kl"] = _leave_one_out_pch_kl(pieces)
+    means = {
+        m: _leave_one_out_pch_kl(pieces) if m == "pch_kl" else _nanmean([v[m] for v in values])
+        for m in REFERENCE_METRICS
+    }
     return replace(context, means=means)
 
 

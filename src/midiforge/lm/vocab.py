@@ -104,8 +104,8 @@ class LMVocab:
             self.styles.append(style)
         return self.style_id(style)
 
-    def key_id(self, key: str, transpose: int = 0) -> int:
-        return self.base_size + STYLE_SLOTS + KEY_TOKENS.index(key_token(key, transpose))
+    def key_id(self, key: str) -> int:
+        return self.base_size + STYLE_SLOTS + KEY_TOKENS.index(key_token(key))
 
     def prefix(self, style: str, key: str) -> list[int]:
         """`key` is the key the music is in: for an augmented copy the dataset's key column
