@@ -31,8 +31,9 @@ assert TRACE_SEQ not in (PROMPT, PREFILL) and TRACE_PAST not in (PROMPT, PREFILL
 SPREAD_INIT = 0.3
 
 
-def llama(hidden: int = 32, intermediate: int = 64, init: float = SPREAD_INIT):
-    # 4 query heads over 2 kv heads: grouped-query attention.
+def llama(hidden: int = 64, intermediate: int = 128, init: float = SPREAD_INIT):
+    # 4 query heads over 2 kv heads: grouped-query attention. Head dim 16, the smallest
+    # onnxruntime's GroupQueryAttention kernel takes.
     config = transformers.LlamaConfig(
         vocab_size=VOCAB,
         hidden_size=hidden,
@@ -76,13 +77,22 @@ def onnx_lm(path) -> OnnxCausalLM:
     return OnnxCausalLM(path, intra_op_threads=1)
 
 
-@pytest.fixture(scope="module", params=["llama-gqa", "gpt2"])
+# (family, graph): Llama both fused (what "auto" picks for it) and traced; GPT-2 traced.
+EXPORTS = {
+    "llama-fused": (llama, "auto"),
+    "llama-traced": (llama, "traced"),
+    "gpt2": (gpt2, "auto"),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(EXPORTS))
 def exported(request, tmp_path_factory):
-    """(torch model, fp32 ONNX path) for each supported family."""
-    model = {"llama-gqa": llama, "gpt2": gpt2}[request.param]()
+    """(torch model, fp32 ONNX path) for each supported family and graph builder."""
+    make, graph = EXPORTS[request.param]
+    model = make()
     folder = tmp_path_factory.mktemp(request.param)
     model.save_pretrained(folder / "hf")
-    return model, export_onnx(folder / "hf", folder / "model.onnx")
+    return model, export_onnx(folder / "hf", folder / "model.onnx", graph=graph)
 
 
 def torch_logits(model, ids: np.ndarray) -> np.ndarray:
@@ -103,10 +113,13 @@ def test_io_names_and_export_json(exported):
     assert info["num_layers"] == n
     assert info["vocab_size"] == VOCAB
     assert info["opset"] == 17
+    want_graph = "gqa" if path.parent.name.startswith("llama-fused") else "traced"
+    assert info["graph"] == want_graph
     heads = getattr(model.config, "num_key_value_heads", model.config.num_attention_heads)
-    assert (info["kv_heads"], info["head_dim"]) == (heads, 8)
+    head_dim = model.config.hidden_size // model.config.num_attention_heads
+    assert (info["kv_heads"], info["head_dim"]) == (heads, head_dim)
     lm = onnx_lm(path)
-    assert (lm.num_layers, lm.kv_heads, lm.head_dim, lm.vocab_size) == (n, heads, 8, VOCAB)
+    assert (lm.num_layers, lm.kv_heads, lm.head_dim, lm.vocab_size) == (n, heads, head_dim, VOCAB)
 
 
 def test_full_forward_matches_torch(exported):
@@ -128,7 +141,37 @@ def test_cached_steps_match_torch_full_sequence(exported):
         last, cache = lm.step(int(ids[0, k]), cache)
         np.testing.assert_allclose(last, want[k], rtol=0, atol=1e-4)
     assert cache.length == PREFILL + STEPS
-    assert cache.arrays[0].shape == (1, lm.kv_heads, PREFILL + STEPS, lm.head_dim)
+    if lm.shared_cache:  # fused graph: fixed buffers, filled in place
+        assert cache.arrays[0].shape() == [1, lm.kv_heads, lm.capacity, lm.head_dim]
+    else:
+        assert cache.arrays[0].shape == (1, lm.kv_heads, PREFILL + STEPS, lm.head_dim)
+
+
+def test_continuing_from_an_earlier_cache_rewinds(exported):
+    """A cache kept from before the last steps continues as if they never happened (for the
+    fused graph, by overwriting them in its buffers)."""
+    model, path = exported
+    ids = prompt(PREFILL + 3, seed=4)
+    lm = onnx_lm(path)
+    _, early = lm.prefill(ids[:, :PREFILL])
+    _, late = lm.forward(ids[:, PREFILL:], early)
+    assert (early.length, late.length) == (PREFILL, PREFILL + 3)
+    other = (int(ids[0, PREFILL]) + 1) % VOCAB
+    got, _ = lm.step(other, early)
+    want = torch_logits(model, np.concatenate([ids[:, :PREFILL], [[other]]], axis=1))[0, -1]
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-4)
+
+
+def test_fused_graph_refuses_to_run_past_its_capacity(tmp_path):
+    model = llama()
+    model.config.max_position_embeddings = 16
+    model.save_pretrained(tmp_path / "hf")
+    lm = onnx_lm(export_onnx(tmp_path / "hf", tmp_path / "model.onnx"))
+    assert (lm.shared_cache, lm.capacity) == (True, 16)
+    _, cache = lm.prefill(prompt(15))
+    _, cache = lm.step(1, cache)  # the 16th position fits
+    with pytest.raises(MidiforgeError, match="17 positions exceed the cache's 16"):
+        lm.step(2, cache)
 
 
 def onnx_greedy(lm: OnnxCausalLM, ids: np.ndarray, n: int) -> list[int]:
@@ -166,7 +209,7 @@ def test_int8_is_smaller_and_close_to_fp32(tmp_path):
     model.save_pretrained(tmp_path / "hf")
     fp32 = export_onnx(tmp_path / "hf", tmp_path / "model.onnx")
     int8 = quantize_int8(fp32, tmp_path / "model.int8.onnx")
-    assert int8.stat().st_size < 0.7 * fp32.stat().st_size  # measured 0.50
+    assert int8.stat().st_size < 0.7 * fp32.stat().st_size  # measured 0.39 (fused graph)
     info = json.loads((tmp_path / "export.json").read_text())
     assert info["files"] == {"fp32": "model.onnx", "int8": "model.int8.onnx"}
 
@@ -179,7 +222,8 @@ def test_int8_is_smaller_and_close_to_fp32(tmp_path):
     # broken quantization, which lands near chance (1/300).
     assert (ref.argmax(-1) == got.argmax(-1)).mean() >= 0.85
     assert np.corrcoef(ref.ravel(), got.ravel())[0, 1] > 0.99  # measured 0.9998
-    # The quantized graph keeps the cache interface.
+    # The quantized graph keeps the cache interface, in-place buffers included.
+    assert (lm8.shared_cache, lm8.capacity) == (True, 512)
     assert len(onnx_greedy(lm8, ids[:, :PREFILL], 8)) == 8
 
 
@@ -197,6 +241,37 @@ def test_unsupported_family_is_refused(tmp_path):
     transformers.MistralConfig(vocab_size=VOCAB, hidden_size=32).save_pretrained(tmp_path)
     with pytest.raises(MidiforgeError, match="supports model types llama, gpt2, not 'mistral'"):
         export_onnx(tmp_path, tmp_path / "model.onnx")
+
+
+def test_fused_graph_is_a_fraction_of_the_traced_one(tmp_path):
+    import onnx
+
+    llama().save_pretrained(tmp_path / "hf")
+    sizes = {}
+    for graph in ("gqa", "traced"):
+        path = export_onnx(tmp_path / "hf", tmp_path / graph / "model.onnx", graph=graph)
+        nodes = onnx.load(str(path)).graph.node
+        sizes[graph] = len(nodes)
+        if graph == "gqa":
+            assert sum(n.op_type == "GroupQueryAttention" for n in nodes) == 2  # one per layer
+    # 2 layers: 35 nodes fused, 542 traced (onnxruntime's own optimizer halves that at load)
+    assert sizes["gqa"] * 3 < sizes["traced"]
+
+
+def test_fused_graph_is_refused_for_what_it_does_not_build(tmp_path):
+    from midiforge.lm.export_gqa import GqaUnsupportedError
+
+    gpt2().save_pretrained(tmp_path / "hf")
+    with pytest.raises(GqaUnsupportedError, match="model type 'gpt2'"):
+        export_onnx(tmp_path / "hf", tmp_path / "model.onnx", graph="gqa")
+    narrow = llama(hidden=32)  # head dim 8
+    narrow.save_pretrained(tmp_path / "narrow")
+    with pytest.raises(GqaUnsupportedError, match="head dim 8"):
+        export_onnx(tmp_path / "narrow", tmp_path / "model.onnx", graph="gqa")
+    # "auto" falls back to tracing, which handles any head dim.
+    path = export_onnx(tmp_path / "narrow", tmp_path / "auto" / "model.onnx")
+    info = json.loads((path.parent / "export.json").read_text())
+    assert info["graph"] == "traced"
 
 
 def test_not_a_model_folder_is_refused(tmp_path):

@@ -109,15 +109,26 @@ def run_finetune(args: argparse.Namespace, overrides: list[str]) -> int:
 
 
 def add_export(p: argparse.ArgumentParser) -> None:
+    from midiforge.lm.export import GRAPHS
+
     p.add_argument("name", help="registry name of a trained model")
     p.add_argument("--int8", action="store_true", help="also write an INT8 (dynamic) model")
+    p.add_argument(
+        "--graph",
+        choices=GRAPHS,
+        default="auto",
+        help="gqa: Llama written around onnxruntime's fused attention (fast); traced: "
+        "transformers' forward traced (any supported family); auto: gqa where it applies",
+    )
     _common(p)
 
 
 def run_export(args: argparse.Namespace, overrides: list[str]) -> int:
     from midiforge.lm.publish import export_registered
 
-    info = export_registered(args.name, int8=args.int8, models_root=args.models_root)
+    info = export_registered(
+        args.name, int8=args.int8, models_root=args.models_root, graph=args.graph
+    )
     print(json.dumps(info, indent=2))
     return 0
 

@@ -14,12 +14,18 @@ torch (lm.onnx_lm.OnnxCausalLM) can decode one token per call:
 The first call passes past tensors with past_seq = 0. There is no attention_mask input: the
 causal mask is built inside the graph from the lengths of the past and of input_ids, which
 is all that unpadded sequences need. Left-padded batches would need a mask input; generation
-here runs one unpadded sequence at a time.
+here runs one unpadded sequence at a time. (The fused graph below holds the cache in
+fixed-capacity buffers instead; lm.onnx_lm runs both.)
 
-Supported families are the ones whose cache is a plain per-layer DynamicCache and that the
-tests check for parity: Llama (GQA included) and GPT-2. Every export is checked against torch
-at lengths other than the trace's before it is accepted, so a mask or a shape frozen into the
-trace fails the export instead of generation.
+Two ways to build that graph. Llama models are written directly around onnxruntime's fused
+GroupQueryAttention kernel with the cache in fixed buffers written in place
+(lm.export_gqa): a quarter of the nodes, and a 16-bar melody from the `small` model takes
+about half the time on 2 cores (bench/generate.py). Everything else is traced from
+transformers' forward:
+the families whose cache is a plain per-layer DynamicCache and that the tests check for
+parity, Llama (GQA included) and GPT-2. Every export is checked against torch at lengths
+other than the trace's before it is accepted, so a mask or a shape frozen into the trace,
+or a wrong fused layout, fails the export instead of generation.
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ TRACE_BATCH, TRACE_SEQ, TRACE_PAST = 1, 3, 4
 # while still catching a wrong mask, which moves logits by whole units.
 VERIFY_ATOL = 1e-3
 EXPORT_INFO = "export.json"
+GRAPHS = ("auto", "gqa", "traced")
 
 
 def past_names(num_layers: int) -> list[str]:
@@ -130,18 +137,72 @@ def _cache_wrapper(model, num_layers: int):
 
 
 def export_onnx(
-    model_dir: str | Path, out_path: str | Path, opset: int = 17, verify: bool = True
+    model_dir: str | Path,
+    out_path: str | Path,
+    opset: int = 17,
+    verify: bool = True,
+    graph: str = "auto",
 ) -> Path:
     """Export `model_dir` (a save_pretrained folder) to `out_path`, write export.json beside
-    it, and (with `verify`) check the graph against torch with and without a cache."""
+    it, and (with `verify`) check the graph against torch with and without a cache.
+
+    `graph`: "gqa" builds the fused graph (lm.export_gqa), "traced" traces transformers'
+    forward, "auto" takes gqa where the model allows it and traces otherwise."""
+    from midiforge.lm.export_gqa import OPSET as GQA_OPSET
+    from midiforge.lm.export_gqa import GqaUnsupportedError, check_supported, write_gqa_onnx
+
+    if graph not in GRAPHS:
+        raise MidiforgeError(f"graph must be one of {', '.join(GRAPHS)}, not {graph!r}")
+    model_dir, out_path = Path(model_dir), Path(out_path)
+    model = load_for_export(model_dir)
+    shape = cache_shape(model)
+    n_layers = shape["num_layers"]
+    if graph != "traced":
+        try:
+            check_supported(model)
+            graph = "gqa"
+        except GqaUnsupportedError as e:
+            if graph == "gqa":
+                raise
+            log.info("%s: %s; tracing instead", model_dir, e)
+            graph = "traced"
+    if graph == "gqa":
+        if opset != GQA_OPSET:
+            raise MidiforgeError(f"the gqa graph is written at opset {GQA_OPSET}, not {opset}")
+        write_gqa_onnx(model, out_path, IR_VERSION)
+    else:
+        _trace(model, shape, out_path, opset)
+
+    info = {
+        "format": "midiforge-lm-onnx/1",
+        "source_model": str(model_dir.resolve()),
+        "model_type": model.config.model_type,
+        "graph": graph,
+        # shared: fixed-capacity buffers written in place (lm.export_gqa); grown: returned
+        # as new, longer tensors
+        "kv_cache": "shared" if graph == "gqa" else "grown",
+        "opset": opset,
+        "ir_version": IR_VERSION,
+        "inputs": ["input_ids", "position_ids", *past_names(n_layers)],
+        "outputs": ["logits", *present_names(n_layers)],
+        **shape,
+        "files": {"fp32": out_path.name},
+        "attention_mask": False,
+    }
+    if verify:
+        err = check_parity(model, out_path)
+        log.info("exported %s -> %s (max |dlogits| %.2e vs torch)", model_dir, out_path, err)
+    # Written last, so a graph that failed its check has no export.json vouching for it.
+    (out_path.parent / EXPORT_INFO).write_text(json.dumps(info, indent=2) + "\n")
+    return out_path
+
+
+def _trace(model, shape: dict[str, int], out_path: Path, opset: int) -> None:
     import warnings
 
     import onnx
     import torch
 
-    model_dir, out_path = Path(model_dir), Path(out_path)
-    model = load_for_export(model_dir)
-    shape = cache_shape(model)
     n_layers, kv_heads, head_dim = shape["num_layers"], shape["kv_heads"], shape["head_dim"]
     wrapper = _cache_wrapper(model, n_layers)
 
@@ -184,25 +245,6 @@ def export_onnx(
     proto.ir_version = IR_VERSION
     onnx.save(proto, str(out_path))
 
-    info = {
-        "format": "midiforge-lm-onnx/1",
-        "source_model": str(model_dir.resolve()),
-        "model_type": model.config.model_type,
-        "opset": opset,
-        "ir_version": IR_VERSION,
-        "inputs": inputs,
-        "outputs": outputs,
-        **shape,
-        "files": {"fp32": out_path.name},
-        "attention_mask": False,
-    }
-    if verify:
-        err = check_parity(model, out_path)
-        log.info("exported %s -> %s (max |dlogits| %.2e vs torch)", model_dir, out_path, err)
-    # Written last, so a graph that failed its check has no export.json vouching for it.
-    (out_path.parent / EXPORT_INFO).write_text(json.dumps(info, indent=2) + "\n")
-    return out_path
-
 
 def check_parity(model, onnx_path: str | Path, atol: float = VERIFY_ATOL) -> float:
     """Max |logits| difference between the graph and torch over a 6-token prefill from an
@@ -238,12 +280,23 @@ def quantize_int8(onnx_path: str | Path, out_path: str | Path) -> Path:
     # No pre-processing pass: the exported graph already carries its value shapes, and every
     # projection is a MatMul against an initializer, which is all quantize_dynamic looks for.
     # The attention MatMuls (query x key, weights x value) have no initializer and stay float.
-    quantize_dynamic(
-        onnx_path,
-        out_path,
-        weight_type=QuantType.QInt8,
-        op_types_to_quantize=["MatMul", "Gemm"],
-    )
+    # onnxruntime.quantization logs to the root logger: a line per tensor, and a warning
+    # recommending the pre-processing pass that the comment above explains away.
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(max(level, logging.ERROR))
+    try:
+        quantize_dynamic(
+            onnx_path,
+            out_path,
+            weight_type=QuantType.QInt8,
+            op_types_to_quantize=["MatMul", "Gemm"],
+            # onnx's shape inference stops at contrib operators (GroupQueryAttention),
+            # leaving the tensors after them untyped; every float here is float32.
+            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+        )
+    finally:
+        root.setLevel(level)
     proto = onnx.load(str(out_path), load_external_data=False)
     if proto.ir_version != IR_VERSION:
         proto.ir_version = IR_VERSION

@@ -1,8 +1,16 @@
 """Run an LM exported by lm.export with onnxruntime, one token per call through its KV cache.
 
-Everything the runtime needs (layers, kv heads, head dim, vocabulary) is read from the
-graph's own inputs and outputs, so an INT8 copy works without its export.json. Sequences
-are unpadded and run one at a time (batch 1): the graph has no attention mask.
+Everything the runtime needs (layers, kv heads, head dim, vocabulary, how the cache is
+held) is read from the graph's own inputs, outputs and metadata, so an INT8 copy works
+without its export.json. Sequences are unpadded and run one at a time (batch 1): the graph
+has no attention mask.
+
+Two cache layouts. A traced graph takes the past and returns a grown copy (numpy arrays
+here). A fused graph (lm.export_gqa) keeps one fixed-capacity buffer per layer that it
+writes in place; the buffers are OrtValues bound as both input and output, and a KVCache
+is those buffers plus how many positions are filled. Continuing from a shorter KVCache of
+the same buffers rewinds: the new tokens overwrite what followed, so only the latest
+continuation of a buffer stays valid. empty_cache() starts a new one.
 """
 
 from __future__ import annotations
@@ -14,15 +22,17 @@ import numpy as np
 
 from midiforge.errors import MidiforgeError
 from midiforge.lm.export import past_names, present_names
+from midiforge.lm.export_gqa import CACHE_CAPACITY, CACHE_KIND, SHARED
 from midiforge.transcription.runner import providers_for
 
 
 @dataclass(frozen=True)
 class KVCache:
-    """The present tensors of the last call, in past_key_values.* input order, and how many
-    positions they cover (the next token's position id)."""
+    """The present tensors of the last call (or, for a fused graph, the buffers it wrote),
+    in past_key_values.* input order, and how many positions they cover (the next token's
+    position id)."""
 
-    arrays: tuple[np.ndarray, ...]
+    arrays: tuple
     length: int
 
 
@@ -63,24 +73,58 @@ class OnnxCausalLM:
         self.num_layers, self.kv_heads, self.head_dim = n_layers, kv_heads, head_dim
         self.vocab_size = vocab
         self._outputs = ["logits", *self.present_names]
+        meta = self.session.get_modelmeta().custom_metadata_map
+        self.shared_cache = meta.get(CACHE_KIND) == SHARED
+        # Positions a shared buffer holds; a grown cache is bounded by the model alone.
+        self.capacity = int(meta[CACHE_CAPACITY]) if self.shared_cache else None
 
     def empty_cache(self) -> KVCache:
+        if self.shared_cache:
+            from onnxruntime import OrtValue
+
+            shape = (1, self.kv_heads, self.capacity, self.head_dim)
+            buffers = (
+                OrtValue.ortvalue_from_shape_and_type(shape, np.float32) for _ in self.past_names
+            )
+            return KVCache(tuple(buffers), 0)
         empty = np.zeros((1, self.kv_heads, 0, self.head_dim), np.float32)
         return KVCache(tuple(empty for _ in self.past_names), 0)
 
     def forward(self, ids: np.ndarray, cache: KVCache) -> tuple[np.ndarray, KVCache]:
-        """ids (1, n) int64 following the cache -> logits (1, n, vocab) and the grown cache."""
+        """ids (1, n) int64 following the cache -> logits (1, n, vocab) and the cache after
+        them."""
         ids = np.asarray(ids, dtype=np.int64)
         if ids.ndim != 2 or ids.shape[0] != 1 or ids.shape[1] == 0:
             raise ValueError(f"ids must have shape (1, n) with n >= 1, got {ids.shape}")
         n = ids.shape[1]
+        positions = np.arange(cache.length, cache.length + n, dtype=np.int64)[None]
+        if self.shared_cache:
+            return self._forward_in_place(ids, positions, cache)
         feed = {
             "input_ids": ids,
-            "position_ids": np.arange(cache.length, cache.length + n, dtype=np.int64)[None],
+            "position_ids": positions,
             **dict(zip(self.past_names, cache.arrays, strict=True)),
         }
         logits, *present = self.session.run(self._outputs, feed)
         return logits, KVCache(tuple(present), cache.length + n)
+
+    def _forward_in_place(self, ids, positions, cache: KVCache) -> tuple[np.ndarray, KVCache]:
+        end = cache.length + ids.shape[1]
+        if end > self.capacity:
+            raise MidiforgeError(f"{self.path}: {end} positions exceed the cache's {self.capacity}")
+        # A binding per call: one session may serve several generations at once.
+        io = self.session.io_binding()
+        io.bind_cpu_input("input_ids", ids)
+        io.bind_cpu_input("position_ids", positions)
+        for past, present, buf in zip(
+            self.past_names, self.present_names, cache.arrays, strict=True
+        ):
+            io.bind_ortvalue_input(past, buf)
+            io.bind_ortvalue_output(present, buf)
+        io.bind_output("logits")
+        self.session.run_with_iobinding(io)
+        logits = io.get_outputs()[-1].numpy()  # outputs come back in binding order
+        return logits, KVCache(cache.arrays, end)
 
     def prefill(self, ids: np.ndarray) -> tuple[np.ndarray, KVCache]:
         """A prompt (1, n) -> the last position's logits (vocab,) and the cache after it."""

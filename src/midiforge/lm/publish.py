@@ -1,4 +1,5 @@
-"""`midiforge lm export NAME [--int8]`: add ONNX graphs to a registered model.
+"""`midiforge lm export NAME [--int8] [--graph auto|gqa|traced]`: add ONNX graphs to a
+registered model.
 
 The model is fetched from the registry, exported (lm.export: past key/values as inputs
 and outputs), optionally quantized to INT8, and pushed back under the same name as a new
@@ -18,7 +19,9 @@ ONNX = "model.onnx"
 ONNX_INT8 = "model.int8.onnx"
 
 
-def export_registered(name: str, int8: bool = False, models_root: str | None = None) -> dict:
+def export_registered(
+    name: str, int8: bool = False, models_root: str | None = None, graph: str = "auto"
+) -> dict:
     from midiforge import registry
     from midiforge.lm.export import export_onnx, quantize_int8
 
@@ -32,7 +35,8 @@ def export_registered(name: str, int8: bool = False, models_root: str | None = N
         work = Path(tmp) / name
         shutil.copytree(src, work, ignore=shutil.ignore_patterns("manifest.json"))
         t0 = time.perf_counter()
-        export_onnx(work / "hf", work / ONNX)
+        export_onnx(work / "hf", work / ONNX, graph=graph)
+        info["graph"] = json.loads((work / "export.json").read_text())["graph"]
         info["onnx_bytes"] = (work / ONNX).stat().st_size
         info["export_s"] = round(time.perf_counter() - t0, 2)
         if int8:
