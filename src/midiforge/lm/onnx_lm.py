@@ -82,9 +82,12 @@ class OnnxCausalLM:
         if self.shared_cache:
             from onnxruntime import OrtValue
 
+            # Zeroed, though attention never reads past the filled length: stale memory in
+            # an unread slot could still hold NaN bit patterns, and zeros cost nothing
+            # (calloc'd pages). The OrtValue wraps the array and keeps it alive.
             shape = (1, self.kv_heads, self.capacity, self.head_dim)
             buffers = (
-                OrtValue.ortvalue_from_shape_and_type(shape, np.float32) for _ in self.past_names
+                OrtValue.ortvalue_from_numpy(np.zeros(shape, np.float32)) for _ in self.past_names
             )
             return KVCache(tuple(buffers), 0)
         empty = np.zeros((1, self.kv_heads, 0, self.head_dim), np.float32)
