@@ -148,7 +148,7 @@ def process_inputs(cfg: DatasetConfig, todo: list[Input], checks) -> None:
     else:
         ds = _map(ds, stages.Transcribe, c.transcribe, fn_constructor_args=transcribe_args)
         ds = _map(ds, stages.Postprocess, c.postprocess, fn_constructor_args=postprocess_args)
-    ds = ds.map_batches(work.write_work, fn_kwargs={"out": cfg.out}, batch_size=None, num_cpus=0.1)
+    ds = _map(ds, work.WorkWriter, c.write, fn_constructor_args=(cfg.out,))
     ds.materialize()
 
 

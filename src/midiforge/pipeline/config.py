@@ -15,10 +15,10 @@ from midiforge.transcription.notes import NoteDecoding
 class StageCompute:
     """How one map_batches call is sized: rows per batch, actors (model stages), resources."""
 
-    batch_size: int = 4
+    batch_size: int | None = 4  # None: whole blocks as they come
     num_cpus: float = 1.0
     num_gpus: float = 0.0
-    actors: int = 1  # model stages only: a fixed-size actor pool
+    actors: int = 1  # class stages (models, the writer): a fixed-size actor pool
     max_actors: int = 0  # >actors turns on autoscaling of the pool up to this size
     threads: int = 0  # model stages: torch/onnxruntime threads; 0 = num_cpus (at least 1)
 
@@ -42,6 +42,10 @@ class Compute:
         default_factory=lambda: StageCompute(batch_size=4, num_cpus=0.3)
     )
     augment: StageCompute = field(default_factory=lambda: StageCompute(batch_size=4))
+    # One writer actor: a few KB per batch, and no worker start-ups (see WorkWriter).
+    write: StageCompute = field(
+        default_factory=lambda: StageCompute(batch_size=None, num_cpus=0.1, actors=1)
+    )
     # With no GPU for transcription, run post-processing inside the transcription actors:
     # one process fewer and no object-store trip for the model outputs. On 2 cores it
     # measured 44.7 vs 41.4 audio-s per s (within run-to-run noise), 2026-11-21.
