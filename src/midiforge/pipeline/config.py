@@ -26,7 +26,7 @@ class StageCompute:
 @dataclass
 class Compute:
     """Defaults fit a 2-core machine. Actors hold their CPUs for the whole run, so the
-    actors' fractions must leave room for the task stages (decode, write), or nothing
+    actors' fractions must leave room for the task stage (decode), or nothing
     moves. Two single-threaded onnxruntime sessions beat one two-threaded session on 2
     cores (90 vs 61 audio-s per s, measured 2026-11-21); on a bigger node raise
     transcribe.actors, on a GPU node set transcribe.num_gpus (e.g. 0.25 per actor)."""

@@ -68,9 +68,12 @@ class Transcriber:
         groups: dict[int, list[int]] = {}
         for i, (runner, _) in enumerate(items):
             groups.setdefault(id(runner), []).append(i)
+        loop = asyncio.get_running_loop()
         for idx in groups.values():
             runner = items[idx[0]][0]
-            outs = runner([items[i][1] for i in idx])
+            # Off the event loop: onnxruntime releases the GIL, so the replica keeps taking
+            # requests and decoding notes of the last batch while the model runs.
+            outs = await loop.run_in_executor(None, runner, [items[i][1] for i in idx])
             for i, out in zip(idx, outs, strict=True):
                 results[i] = out
         return results  # type: ignore[return-value]
@@ -82,9 +85,8 @@ class Transcriber:
         runner = await self.get_model(model_id)
         out = await self._run((runner, clip))
         # Unset thresholds: the model's own calibrated ones (injected runners may have none).
-        return decode_notes(
-            out, NoteDecoding(**decoding).resolve(getattr(runner, "decoding", None))
-        )
+        cfg = NoteDecoding(**decoding).resolve(getattr(runner, "decoding", None))
+        return await asyncio.get_running_loop().run_in_executor(None, decode_notes, out, cfg)
 
     def models(self) -> list[str]:
         return list(self.loaded)
