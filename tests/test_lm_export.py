@@ -162,6 +162,17 @@ def test_continuing_from_an_earlier_cache_rewinds(exported):
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-4)
 
 
+def test_fused_graph_caps_its_cache_at_max_capacity(tmp_path):
+    from midiforge.lm.export_gqa import MAX_CAPACITY
+
+    model = llama()
+    model.config.max_position_embeddings = 131072  # a hub Llama's
+    model.save_pretrained(tmp_path / "hf")
+    lm = onnx_lm(export_onnx(tmp_path / "hf", tmp_path / "model.onnx"))
+    assert lm.capacity == MAX_CAPACITY == 4096
+    assert lm.empty_cache().arrays[0].shape() == [1, lm.kv_heads, 4096, lm.head_dim]
+
+
 def test_fused_graph_refuses_to_run_past_its_capacity(tmp_path):
     model = llama()
     model.config.max_position_embeddings = 16

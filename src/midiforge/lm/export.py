@@ -21,11 +21,11 @@ Two ways to build that graph. Llama models are written directly around onnxrunti
 GroupQueryAttention kernel with the cache in fixed buffers written in place
 (lm.export_gqa): a quarter of the nodes, and a 16-bar melody from the `small` model takes
 about half the time on 2 cores (bench/generate.py). Everything else is traced from
-transformers' forward:
-the families whose cache is a plain per-layer DynamicCache and that the tests check for
-parity, Llama (GQA included) and GPT-2. Every export is checked against torch at lengths
-other than the trace's before it is accepted, so a mask or a shape frozen into the trace,
-or a wrong fused layout, fails the export instead of generation.
+transformers' forward: the families whose cache is a plain per-layer DynamicCache and that
+the tests check for parity, Llama (GQA included) and GPT-2. Every export is checked
+against torch at lengths other than the trace's before it is accepted, so a mask or a
+shape frozen into the trace, or a wrong fused layout, fails the export instead of
+generation.
 """
 
 from __future__ import annotations
@@ -277,8 +277,8 @@ def quantize_int8(onnx_path: str | Path, out_path: str | Path) -> Path:
 
     onnx_path, out_path = Path(onnx_path), Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    # No pre-processing pass: the exported graph already carries its value shapes, and every
-    # projection is a MatMul against an initializer, which is all quantize_dynamic looks for.
+    # No pre-processing pass: every projection is a MatMul against an initializer, which is
+    # all quantize_dynamic looks for.
     # The attention MatMuls (query x key, weights x value) have no initializer and stay float.
     # onnxruntime.quantization logs to the root logger: a line per tensor, and a warning
     # recommending the pre-processing pass that the comment above explains away.

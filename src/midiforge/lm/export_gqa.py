@@ -13,16 +13,18 @@ provider implements natively:
 
 The input and output names are the traced graph's (see lm.export); the cache is held
 differently. Each layer's past and present are one buffer of fixed capacity (the model's
-max_position_embeddings), bound as both input and output, which GroupQueryAttention fills
-in place (onnxruntime's shared past/present buffer mode). A decoding step then copies
-nothing but the new token's keys and values, where the traced graph copies the whole
-cache into a grown one, and the caller copies it out again. The lengths come from
-`position_ids`: the new tokens sit at those positions, and attention sees everything
-before them. The model's metadata says so (midiforge.kv_cache = shared); lm.onnx_lm
-reads it and binds the buffers. The weights are read from the loaded torch modules, and
-the rotary tables from the model's own rotary embedding, so scaled rotary variants
-(linear, llama3, yarn) come out as transformers computes them. What this builder does not
-cover raises GqaUnsupportedError; lm.export then falls back to tracing.
+max_position_embeddings, at most MAX_CAPACITY), bound as both input and output, which
+GroupQueryAttention fills in place (onnxruntime's shared past/present buffer mode). A
+decoding step then copies nothing but the new token's keys and values, where the traced
+graph copies the whole cache into a grown one, and the caller copies it out again. The
+lengths come from `position_ids`: the new tokens sit at those positions, and attention
+sees everything before them. The model's metadata says so (midiforge.kv_cache = shared);
+lm.onnx_lm reads it and binds the buffers.
+
+The weights are read from the loaded torch modules, and the rotary tables from the
+model's own rotary embedding, so scaled rotary variants (linear, llama3, yarn) come out as
+transformers computes them. What this builder does not cover raises GqaUnsupportedError;
+lm.export then falls back to tracing.
 """
 
 from __future__ import annotations
@@ -41,6 +43,11 @@ MS_DOMAIN = "com.microsoft"
 # Model metadata that tells lm.onnx_lm how to hold the cache (the traced graph has none).
 CACHE_KIND, SHARED = "midiforge.kv_cache", "shared"
 CACHE_CAPACITY = "midiforge.kv_cache_capacity"
+# Positions a cache buffer holds at most. The runtime allocates the whole capacity per
+# generation: a hub model's 131072 positions would be gigabytes per layer, while
+# midiforge's generator and perplexity never run past the training window (256 for the
+# presets). Longer contexts: export with a larger capacity, or --graph traced.
+MAX_CAPACITY = 4096
 CAPACITY_AXIS = "capacity"
 
 
@@ -181,7 +188,7 @@ def _decoder_layer(g: _Graph, x: str, i: int, layer, cfg, *, cache: tuple[str, .
     return g.op("Add", [x, down], f"{p}.resid_mlp")
 
 
-def build_gqa_graph(model):
+def build_gqa_graph(model, max_capacity: int = MAX_CAPACITY):
     """The ModelProto for `model` (a LlamaForCausalLM in eval mode, float32)."""
     from onnx import TensorProto, helper
 
@@ -195,7 +202,8 @@ def build_gqa_graph(model):
     pasts, presents = past_names(n_layers), present_names(n_layers)
     lm_head = model.get_output_embeddings().weight.detach().float().numpy()
     g = _Graph()
-    cos, sin = _rotary_tables(model, cfg.max_position_embeddings)
+    capacity = min(int(cfg.max_position_embeddings), max_capacity)
+    cos, sin = _rotary_tables(model, capacity)
     g.weight("cos_cache", cos)
     g.weight("sin_cache", sin)
     _lengths(g)
@@ -223,9 +231,7 @@ def build_gqa_graph(model):
     proto = helper.make_model(
         graph, opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(MS_DOMAIN, 1)]
     )
-    helper.set_model_props(
-        proto, {CACHE_KIND: SHARED, CACHE_CAPACITY: str(cfg.max_position_embeddings)}
-    )
+    helper.set_model_props(proto, {CACHE_KIND: SHARED, CACHE_CAPACITY: str(capacity)})
     return proto
 
 
