@@ -123,12 +123,19 @@ def test_lora_changes_only_adapter_weights(trained):
 
 @pytest.fixture(scope="module")
 def exported(trained):
+    from midiforge import registry
+    from midiforge.cli import main
     from midiforge.lm.publish import export_registered
 
     models, _, _ = trained
     info = export_registered("lora", int8=True, models_root=models)
     assert info["int8_bytes"] < info["onnx_bytes"]
-    export_registered("base", models_root=models)
+    assert info["graph"] == "gqa"  # what "auto" picks for the presets' Llama
+    # The base through the CLI and the traced graph, so evaluate and generate below run
+    # both graph kinds.
+    assert main(["lm", "export", "base", "--graph", "traced", "--models-root", models]) == 0
+    folder = registry.Registry(models).fetch("base")
+    assert json.loads((folder / "export.json").read_text())["graph"] == "traced"
     return models
 
 

@@ -46,7 +46,7 @@ CACHE_CAPACITY = "midiforge.kv_cache_capacity"
 # Positions a cache buffer holds at most. The runtime allocates the whole capacity per
 # generation: a hub model's 131072 positions would be gigabytes per layer, while
 # midiforge's generator and perplexity never run past the training window (256 for the
-# presets). Longer contexts: export with a larger capacity, or --graph traced.
+# presets). Longer contexts: `lm export --graph traced`, whose cache grows as needed.
 MAX_CAPACITY = 4096
 CAPACITY_AXIS = "capacity"
 
