@@ -96,7 +96,6 @@ def main() -> None:
     args = ap.parse_args()
 
     import os
-    import shutil
     import tempfile
     from pathlib import Path
 
@@ -121,13 +120,13 @@ def main() -> None:
         torch_generate(fp32, reqs[0])  # warm-up
         rows["torch generate(), no cache"] = [torch_generate(fp32, r) for r in reqs]
     onnx_rows = [("onnx fp32 + KV cache", fp32), ("onnx int8 + KV cache", int8)]
-    tmp = Path(tempfile.mkdtemp(prefix="bench-generate-"))
-    if json.loads((folder / "export.json").read_text()).get("graph") == "gqa":
-        onnx_rows.append(("onnx int8, traced graph", traced_int8(folder, tmp, args.model)))
-    for name, gen in onnx_rows:
-        gen.generate(reqs[0])  # warm-up
-        rows[name] = [(res.seconds, res.n_tokens) for res in (gen.generate(r) for r in reqs)]
-    shutil.rmtree(tmp)
+    with tempfile.TemporaryDirectory(prefix="bench-generate-") as tmp:
+        if json.loads((folder / "export.json").read_text()).get("graph") == "gqa":
+            traced = traced_int8(folder, Path(tmp), args.model)
+            onnx_rows.append(("onnx int8, traced graph", traced))
+        for name, gen in onnx_rows:
+            gen.generate(reqs[0])  # warm-up
+            rows[name] = [(res.seconds, res.n_tokens) for res in (gen.generate(r) for r in reqs)]
     med = {k: statistics.median(s for s, _ in v) for k, v in rows.items()}
     for k, v in rows.items():
         toks = np.median([n for _, n in v])

@@ -115,11 +115,13 @@ class _Graph:
         self.inits.append(numpy_helper.from_array(arr, name))
         return name
 
-    def op(self, op_type: str, inputs: list[str], out: str, domain: str = "", **attrs) -> str:
+    def op(
+        self, op_type: str, inputs: list[str], out: str, domain: str = "", more_outputs=(), **attrs
+    ) -> str:
         from onnx import helper
 
-        name = f"{out}/{op_type}"
-        self.nodes.append(helper.make_node(op_type, inputs, [out], name, domain=domain, **attrs))
+        outputs, name = [out, *more_outputs], f"{out}/{op_type}"
+        self.nodes.append(helper.make_node(op_type, inputs, outputs, name, domain=domain, **attrs))
         return out
 
 
@@ -152,8 +154,6 @@ def _rms_norm(g: _Graph, x: str, weight, eps: float, name: str) -> str:
 def _decoder_layer(g: _Graph, x: str, i: int, layer, cfg, *, cache: tuple[str, ...]) -> str:
     """One pre-norm block: x + attention(norm(x)), then + mlp(norm(.)). `cache`: this
     layer's past key, past value, present key, present value names."""
-    from onnx import helper
-
     attn, mlp, eps = layer.self_attn, layer.mlp, float(cfg.rms_norm_eps)
     p = f"layers.{i}"
     h = _rms_norm(g, x, layer.input_layernorm.weight, eps, f"{p}.input_norm")
@@ -162,21 +162,19 @@ def _decoder_layer(g: _Graph, x: str, i: int, layer, cfg, *, cache: tuple[str, .
     past_k, past_v, present_k, present_v = cache
     # Packed q|k|v in the query slot, key and value left empty: one GEMM per layer.
     gqa_inputs = [packed, "", "", past_k, past_v, "seqlens_k", "total_sequence_length"]
-    g.nodes.append(
-        helper.make_node(
-            "GroupQueryAttention",
-            [*gqa_inputs, "cos_cache", "sin_cache"],
-            [f"{p}.attn", present_k, present_v],
-            name=f"{p}.attn/GroupQueryAttention",
-            domain=MS_DOMAIN,
-            num_heads=cfg.num_attention_heads,
-            kv_num_heads=cfg.num_key_value_heads,
-            scale=float(attn.scaling),
-            do_rotary=1,
-            rotary_interleaved=0,
-        )
+    attended = g.op(
+        "GroupQueryAttention",
+        [*gqa_inputs, "cos_cache", "sin_cache"],
+        f"{p}.attn",
+        domain=MS_DOMAIN,
+        more_outputs=(present_k, present_v),
+        num_heads=cfg.num_attention_heads,
+        kv_num_heads=cfg.num_key_value_heads,
+        scale=float(attn.scaling),
+        do_rotary=1,
+        rotary_interleaved=0,
     )
-    o = g.op("MatMul", [f"{p}.attn", g.weight(f"{p}.o", _linear(attn.o_proj))], f"{p}.o_out")
+    o = g.op("MatMul", [attended, g.weight(f"{p}.o", _linear(attn.o_proj))], f"{p}.o_out")
     x = g.op("Add", [x, o], f"{p}.resid_attn")
     h = _rms_norm(g, x, layer.post_attention_layernorm.weight, eps, f"{p}.post_norm")
     gate = g.op("MatMul", [h, g.weight(f"{p}.gate", _linear(mlp.gate_proj))], f"{p}.gate_out")
