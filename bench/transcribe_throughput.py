@@ -1,7 +1,9 @@
 """Transcription throughput in audio-seconds per wall-second, three ways, one run:
 
 1. baseline: basic-pitch's own `predict()`, file by file (decode, windows of 1, decoding);
-2. ceiling:  the ONNX model alone on pre-decoded windows, batched (no I/O, no decoding);
+2. ceiling:  the ONNX model alone on pre-decoded windows, batched (no I/O, no decoding),
+   on the provider the pipeline picks (`--device`, default auto: OpenVINO on x86 CPUs);
+   the same on onnxruntime's own CPU kernels is printed for reference;
 3. pipeline: this project's Ray Data path end to end (read, decode, batched ONNX across
    files, note decoding, validation, tokenization, work files), Ray already started.
 
@@ -44,18 +46,20 @@ def baseline(files: list[Path], model_path: str) -> float:
     return time.perf_counter() - t0
 
 
-def ceiling(clips: list[np.ndarray], model_path: str, batch: int) -> float:
+def ceiling(clips: list[np.ndarray], model_path: str, batch: int, device: str):
+    """(seconds, provider) for the model alone on every window, one session on all cores."""
     from midiforge.transcription.runner import OnnxTranscriber, windows
 
-    runner = OnnxTranscriber(model_path, device="cpu", batch_windows=batch)
+    runner = OnnxTranscriber(model_path, device=device, batch_windows=batch)
     wins = np.concatenate([windows(c) for c in clips])
-    runner.run_windows(wins[:batch])  # warm-up
+    runner.run_windows(wins[: 2 * batch])  # warm-up, the last batch's shape included
+    runner.run_windows(wins[: len(wins) % batch or batch])
     t0 = time.perf_counter()
     runner.run_windows(wins)
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, runner.provider
 
 
-def pipeline(files: list[Path], batch: int, overrides: list[str]) -> float:
+def pipeline(files: list[Path], batch: int, device: str, overrides: list[str]) -> float:
     """Seconds from submitting the Ray Data pipeline to its last work file, Ray already up:
     actor start-up (onnxruntime, librosa, miditok, music21 imports) is included."""
     import ray
@@ -68,7 +72,8 @@ def pipeline(files: list[Path], batch: int, overrides: list[str]) -> float:
     connect(None)
     out = tempfile.mkdtemp(prefix="bench-pipeline-")
     cfg = cfgmod.load(DatasetConfig, None, [*overrides, f"--batch_windows={batch}"],
-                      audio=[str(f) for f in files], style_from_folder=True, out=out)  # fmt: skip
+                      audio=[str(f) for f in files], style_from_folder=True, out=out,
+                      device=device)  # fmt: skip
     inputs = list_inputs(cfg.audio, [], style=None, style_from_folder=True, tier_midi=3)
     checks = _start_checks(cfg)
     t0 = time.time()
@@ -86,6 +91,7 @@ def main() -> None:
         "--audio", default="out/demo/corpus/audio", help="folder of WAVs (rendered if missing)"
     )
     ap.add_argument("--batch-windows", type=int, default=16)
+    ap.add_argument("--device", default="auto", help="auto | cpu | cuda | openvino")
     ap.add_argument(
         "--repeat", type=int, default=4, help="list the audio this many times (pipeline)"
     )
@@ -107,17 +113,20 @@ def main() -> None:
     print(f"{len(files)} files, {total:.1f} s of audio, {os.cpu_count()} CPUs")
 
     base = total / baseline(files, model_path)
-    ceil = total / ceiling(clips, model_path, args.batch_windows)
+    t, provider = ceiling(clips, model_path, args.batch_windows, args.device)
+    ceil = total / t
+    ort_cpu = total / ceiling(clips, model_path, args.batch_windows, "cpu")[0]
     links = Path(tempfile.mkdtemp(prefix="bench-copies-"))
     many = []
     for k in range(args.repeat):  # distinct files, so each copy is its own input
         for f in files:
             many.append(links / f"{k}-{f.parent.name}-{f.name}")
             shutil.copyfile(f, many[-1])
-    e2e = pipeline(many, args.batch_windows, [*args.overrides, *extra])
+    e2e = pipeline(many, args.batch_windows, args.device, [*args.overrides, *extra])
     pipe = args.repeat * total / e2e
     print(f"baseline  basic_pitch.predict, file by file   {base:8.1f} audio-s/wall-s")
-    print(f"ceiling   ONNX model alone, batched windows   {ceil:8.1f} audio-s/wall-s")
+    print(f"ceiling   ONNX model alone, batched windows   {ceil:8.1f} audio-s/wall-s ({provider})")
+    print(f"          same, onnxruntime's CPU provider    {ort_cpu:8.1f} audio-s/wall-s")
     print(
         f"pipeline  Ray Data path, end to end           {pipe:8.1f} audio-s/wall-s "
         f"({args.repeat} x {total:.0f} s of audio, actor start-up included)"

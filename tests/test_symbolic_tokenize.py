@@ -154,3 +154,19 @@ def test_without_programs_one_track_encodes_and_several_are_refused(fiddle):
     ids, reason, detail = tk.encode(tokenizer, quartet)
     assert (ids, reason) == (None, "tokenize_failed")
     assert "use_programs" in detail
+
+
+def test_tokenizer_loads_without_torch_and_leaves_pytorch_data_importable():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from midiforge.symbolic.tokenize import TokenizerSettings, make_tokenizer\n"
+        "make_tokenizer(TokenizerSettings())\n"
+        "print('torch' in sys.modules)\n"
+        "import miditok.pytorch_data\n"
+        "print(miditok.pytorch_data.DatasetMIDI.__name__)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "DatasetMIDI"]

@@ -1,5 +1,7 @@
 """The ONNX runner with windows batched across files equals basic-pitch's own predict()."""
 
+import platform
+
 import numpy as np
 import pytest
 
@@ -20,12 +22,20 @@ def test_windows_cover_the_clip_like_basic_pitch():
     assert frames.shape == (int(len(x) * bp.ANNOTATIONS_FPS / bp.AUDIO_SAMPLE_RATE), 88)
 
 
-@pytest.mark.parametrize(("onset", "frame"), [(0.5, 0.3), (0.6, 0.4)])
-def test_notes_equal_basic_pitch_predict(tiny_corpus, onset, frame):
+X86 = platform.machine() in ("x86_64", "AMD64")  # where the OpenVINO plugin is installed
+ON_X86 = pytest.mark.skipif(not X86, reason="the OpenVINO plugin is x86-64 only")
+
+
+@pytest.mark.parametrize(
+    ("onset", "frame", "device"),
+    [(0.5, 0.3, "cpu"), (0.6, 0.4, "cpu"), pytest.param(0.5, 0.3, "openvino", marks=ON_X86)],
+)
+def test_notes_equal_basic_pitch_predict(tiny_corpus, onset, frame, device):
     from basic_pitch.inference import Model, predict
 
     files = sorted((tiny_corpus / "audio").rglob("*.wav"))[:4]
-    runner = OnnxTranscriber(registry.stock_model_path(), device="cpu", batch_windows=7)
+    runner = OnnxTranscriber(registry.stock_model_path(), device=device, batch_windows=7)
+    assert runner.provider == f"{'CPU' if device == 'cpu' else 'OpenVINO'}ExecutionProvider"
     clips = [audio.load_for_transcription(f.read_bytes(), audio.AudioLimits()) for f in files]
     outputs = runner(clips)  # all four files' windows in shared batches of 7
     model = Model(str(registry.stock_model_path()))
@@ -53,3 +63,17 @@ def test_not_a_basic_pitch_model_is_refused(tmp_path):
     onnx.save(model, tmp_path / "other.onnx")
     with pytest.raises(ValueError, match="not a basic-pitch-shaped model"):
         OnnxTranscriber(tmp_path / "other.onnx")
+
+
+def test_devices():
+    from midiforge.transcription.sessions import create_session
+
+    with pytest.raises(ValueError, match="expected one of auto, cpu, cuda, openvino"):
+        create_session(registry.stock_model_path(), "tpu")
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        with pytest.raises(RuntimeError, match="no CUDA provider"):
+            create_session(registry.stock_model_path(), "cuda")
+        expected = "OpenVINOExecutionProvider" if X86 else "CPUExecutionProvider"
+        assert create_session(registry.stock_model_path(), "auto")[1] == expected

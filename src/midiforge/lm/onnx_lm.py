@@ -23,7 +23,7 @@ import numpy as np
 from midiforge.errors import MidiforgeError
 from midiforge.lm.export import past_names, present_names
 from midiforge.lm.export_gqa import CACHE_CAPACITY, CACHE_KIND, SHARED
-from midiforge.transcription.runner import providers_for
+from midiforge.transcription.sessions import providers_for
 
 
 @dataclass(frozen=True)

@@ -47,8 +47,9 @@ def connect(address: str | None, dashboard: bool = False) -> None:
 
 
 def _map(ds, fn, c: StageCompute, **kw):
-    """One map_batches call sized by config: a task pool for functions, an actor pool for
-    classes (autoscaling up to max_actors when that is larger than actors)."""
+    """One map_batches call sized by config: a task pool for functions (at most max_tasks
+    at once), an actor pool for classes (autoscaling up to max_actors when that is larger
+    than actors)."""
     import ray
 
     args: dict[str, Any] = {"batch_size": c.batch_size, "num_cpus": c.num_cpus}
@@ -57,6 +58,9 @@ def _map(ds, fn, c: StageCompute, **kw):
     if isinstance(fn, type):
         hi = max(c.actors, c.max_actors)
         args["compute"] = ray.data.ActorPoolStrategy(min_size=c.actors, max_size=hi)
+    else:
+        size = c.max_tasks or max(1, int(ray.cluster_resources().get("CPU", 1)))
+        args["compute"] = ray.data.TaskPoolStrategy(size=size)
     return ds.map_batches(fn, **args, **kw)
 
 
@@ -85,7 +89,10 @@ def _input_rows(inputs: list[Input]) -> list[dict[str, Any]]:
 def _start_checks(cfg: DatasetConfig) -> tuple[tuple[int, int] | None, str, str]:
     """Everything that can fail before any work is scheduled fails here, fast."""
     from midiforge import registry
+    from midiforge.transcription.sessions import DEVICES
 
+    if cfg.device not in DEVICES:
+        raise ValueError(f"device {cfg.device!r}: expected one of {', '.join(DEVICES)}")
     sep_format = None
     if cfg.separator != "none":
         from midiforge import separation

@@ -20,6 +20,10 @@ class StageCompute:
     num_gpus: float = 0.0
     actors: int = 1  # class stages (models, the writer): a fixed-size actor pool
     max_actors: int = 0  # >actors turns on autoscaling of the pool up to this size
+    # Function stages: tasks at once; 0 = one per CPU of the cluster. Uncapped, Ray Data
+    # runs 1/num_cpus tasks per CPU, each in its own worker process, and on 2 cores starting
+    # those processes cost ~10 s of a 45 s run.
+    max_tasks: int = 0
     threads: int = 0  # model stages: torch/onnxruntime threads; 0 = num_cpus (at least 1)
 
 
@@ -68,7 +72,9 @@ class DatasetConfig:
     seed: int = 0
     split: tuple[float, float, float] = (0.8, 0.1, 0.1)
     augment_splits: list[str] = field(default_factory=lambda: ["train"])
-    device: str = "auto"  # onnxruntime / torch device for model stages: auto | cpu | cuda
+    # Model stages: auto | cpu | cuda | openvino (transcription.sessions). Demucs (torch)
+    # runs on CUDA for auto/cuda when the actor has a GPU, else on the CPU.
+    device: str = "auto"
     batch_windows: int = 16  # basic-pitch windows per onnxruntime call
     segment_s: float | None = None  # Demucs segment length; None = the model's own
     limits: AudioLimits = field(default_factory=AudioLimits)

@@ -132,7 +132,8 @@ class Separate:
         # torch would start one thread per core of the machine, oversubscribing the CPUs
         # that Ray gave the other actors on the node.
         torch.set_num_threads(max(1, threads))
-        dev = "cpu" if device == "auto" else device
+        cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+        dev = "cuda" if cuda else "cpu"
         self.separator = DemucsSeparator(spec, stem=stem, device=dev, segment=segment_s)
 
     def __call__(self, batch: Batch) -> Batch:

@@ -8,6 +8,7 @@ decoded notes are compared with.
 
 from __future__ import annotations
 
+import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,27 @@ import numpy as np
 if TYPE_CHECKING:
     import miditok
     import symusic
+
+
+def _miditok():
+    """`import miditok`, without its PyTorch datasets when torch is not loaded yet.
+
+    miditok imports `miditok.pytorch_data` (and so torch, ~1.5 s and ~300 MB) whenever
+    torch is installed, although its tokenizers never use it; every dataset-job actor
+    would pay that at start-up. Its `__init__` skips the submodule on ImportError, which
+    a None entry in sys.modules raises; the entry is removed afterwards, so an explicit
+    `import miditok.pytorch_data` later still works."""
+    if "miditok" in sys.modules:
+        return sys.modules["miditok"]
+    block = "torch" not in sys.modules and "miditok.pytorch_data" not in sys.modules
+    if block:
+        sys.modules["miditok.pytorch_data"] = None  # type: ignore[assignment]
+    try:
+        import miditok
+    finally:
+        if block:
+            del sys.modules["miditok.pytorch_data"]
+    return miditok
 
 
 def _default_beat_res() -> dict[str, int]:
@@ -57,8 +79,7 @@ class TokenizerSettings:
 
 
 def make_tokenizer(settings: TokenizerSettings) -> miditok.REMI:
-    import miditok
-
+    miditok = _miditok()
     config = miditok.TokenizerConfig(
         pitch_range=tuple(settings.pitch_range),
         beat_res=settings.miditok_beat_res(),
@@ -82,8 +103,7 @@ def save_tokenizer(tokenizer: miditok.MusicTokenizer, path: str | Path) -> None:
 
 
 def load_tokenizer(path: str | Path) -> miditok.REMI:
-    import miditok
-
+    miditok = _miditok()
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no tokenizer file at {path}")

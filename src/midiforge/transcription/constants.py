@@ -11,6 +11,7 @@ import logging
 logging.disable(logging.WARNING)
 try:
     from basic_pitch.constants import (
+        ANNOT_N_FRAMES,  # 172 output frames per 2 s training window
         ANNOTATIONS_FPS,  # 86 output frames per second (22050 // 256)
         AUDIO_N_SAMPLES,  # 43,844 samples (2 s - one hop) per model window
         AUDIO_SAMPLE_RATE,  # 22,050 Hz
@@ -36,6 +37,7 @@ OUTPUT_NAMES = {
 
 __all__ = [
     "ANNOTATIONS_FPS",
+    "ANNOT_N_FRAMES",
     "AUDIO_N_SAMPLES",
     "AUDIO_SAMPLE_RATE",
     "FFT_HOP",

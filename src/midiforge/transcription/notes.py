@@ -1,7 +1,8 @@
 """basic-pitch model output -> notes, with basic-pitch's own decoding.
 
-We call `basic_pitch.note_creation.output_to_notes_polyphonic` (the decoding inside
-`predict()`), skipping pitch-bend estimation, which does not change note events. Notes
+The decoding is `predict()`'s own, `output_to_notes_polyphonic`, in the step-for-step port
+in `note_events` (importing basic-pitch's module costs ~3 s per process), skipping
+pitch-bend estimation, which does not change note events. Notes
 come back as (start_s, end_s, pitch, velocity) rows, velocity = round(127 * amplitude)
 as basic-pitch writes it to MIDI.
 
@@ -23,6 +24,7 @@ import numpy as np
 import yaml
 
 from midiforge.transcription import constants as bp
+from midiforge.transcription import note_events
 
 DECODING_FILE = "decoding.yaml"
 # basic-pitch's `predict()` defaults, so the stock model's notes match basic-pitch's.
@@ -66,11 +68,9 @@ def save_decoding(folder: str | Path, values: Mapping[str, float], note: str = "
 
 
 def decode_notes(output: dict[str, np.ndarray], cfg: NoteDecoding) -> np.ndarray:
-    from basic_pitch import note_creation  # after constants: the package is already quiet
-
     cfg = cfg.resolve()  # a no-op when the caller resolved against its model
     min_len = int(np.round(cfg.minimum_note_ms / 1000 * (bp.AUDIO_SAMPLE_RATE / bp.FFT_HOP)))
-    events = note_creation.output_to_notes_polyphonic(
+    events = note_events.output_to_notes_polyphonic(
         output["note"],
         output["onset"],
         onset_thresh=cfg.onset_threshold,
@@ -83,7 +83,7 @@ def decode_notes(output: dict[str, np.ndarray], cfg: NoteDecoding) -> np.ndarray
     )
     if not events:
         return np.zeros((0, 4))
-    times = note_creation.model_frames_to_time(output["contour"].shape[0])
+    times = note_events.model_frames_to_time(output["contour"].shape[0])
     rows = [(times[s], times[e], p, np.round(127 * a)) for s, e, p, a in events]
     arr = np.asarray(rows, dtype=np.float64)
     return arr[np.lexsort((arr[:, 2], arr[:, 0]))]

@@ -15,6 +15,7 @@ import numpy as np
 
 from midiforge.transcription import constants as bp
 from midiforge.transcription.notes import model_decoding
+from midiforge.transcription.sessions import create_session
 
 log = logging.getLogger(__name__)
 
@@ -40,18 +41,6 @@ def unwrap(output: np.ndarray, n_samples: int) -> np.ndarray:
     return output.reshape(-1, output.shape[-1])[:n_frames]
 
 
-def providers_for(device: str) -> list[str]:
-    """onnxruntime providers for device 'auto' | 'cpu' | 'cuda'."""
-    import onnxruntime as ort
-
-    available = ort.get_available_providers()
-    if device == "cuda" and "CUDAExecutionProvider" not in available:
-        raise RuntimeError("device 'cuda' asked for, but onnxruntime has no CUDA provider here")
-    if device in ("cuda", "auto") and "CUDAExecutionProvider" in available:
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    return ["CPUExecutionProvider"]
-
-
 class OnnxTranscriber:
     """One onnxruntime session (what a Ray Data actor holds) for a basic-pitch-shaped model."""
 
@@ -62,12 +51,8 @@ class OnnxTranscriber:
         batch_windows: int = 16,
         intra_op_threads: int = 0,
     ) -> None:
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
         # 0 lets onnxruntime use every core it is given; Ray sets the actor's CPU share.
-        opts.intra_op_num_threads = intra_op_threads
-        self.session = ort.InferenceSession(str(model_path), opts, providers=providers_for(device))
+        self.session, self.provider = create_session(model_path, device, intra_op_threads)
         names = {o.name for o in self.session.get_outputs()}
         missing = set(bp.OUTPUT_NAMES.values()) - names
         if missing or self.session.get_inputs()[0].name != bp.INPUT_NAME:
