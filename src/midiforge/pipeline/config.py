@@ -31,8 +31,10 @@ class StageCompute:
 class Compute:
     """Defaults fit a 2-core machine. Actors hold their CPUs for the whole run, so the
     actors' fractions must leave room for the task stage (decode), or nothing
-    moves. Two single-threaded onnxruntime sessions beat one two-threaded session on 2
-    cores (90 vs 61 audio-s per s, measured 2026-11-21); on a bigger node raise
+    moves. Two single-threaded sessions: on onnxruntime's CPU provider they beat one
+    two-threaded session on 2 cores (90 vs 61 audio-s per s, 2026-11-21); on OpenVINO
+    the two are even (~40 ms per window each vs ~21 ms, 2026-12-02), and two actors
+    keep post-processing off the model's path. On a bigger node raise
     transcribe.actors, on a GPU node set transcribe.num_gpus (e.g. 0.25 per actor)."""
 
     decode: StageCompute = field(default_factory=lambda: StageCompute(batch_size=2, num_cpus=0.2))

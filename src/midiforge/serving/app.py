@@ -61,7 +61,7 @@ class Transcriber:
         self.loaded = [*[m for m in self.loaded if m != model_id][-2:], model_id]
         return runner
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.02)
+    @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.02)  # ServeSettings sets both
     async def _run(self, items: list[tuple[Any, np.ndarray]]) -> list[dict[str, np.ndarray]]:
         """Clips of concurrent requests, grouped by model, each group in one model call."""
         results: list[dict[str, np.ndarray] | None] = [None] * len(items)

@@ -21,6 +21,8 @@ class ServeSettings:
     request_timeout_s: float = 60.0  # 504 when a transcription takes longer
     # The name of the variable holding the token (auth is on when it is set), not a secret.
     token_env: str = "MIDIFORGE_API_TOKEN"  # noqa: S105
-    batch_max_size: int = 8  # requests whose windows share one onnxruntime call
+    # Requests whose windows share one model call: at most the Transcriber's
+    # max_ongoing_requests (serve/config.yaml), which is all a replica is ever sent.
+    batch_max_size: int = 4
     batch_wait_timeout_s: float = 0.02
     threads: int = 1  # onnxruntime threads per replica (replicas scale out instead)
