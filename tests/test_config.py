@@ -57,3 +57,13 @@ def test_save_load_round_trip(tmp_path):
     cfg = config.load(Outer, None, ["--steps=7", "--inner.names=p,q", "--path=/x"])
     config.save(cfg, tmp_path / "cfg.yaml")
     assert config.load(Outer, tmp_path / "cfg.yaml") == cfg
+
+
+def test_dataset_device_is_checked_with_the_config():
+    from midiforge.pipeline.config import DatasetConfig
+
+    assert config.load(DatasetConfig, None, ["--device=openvino"], audio=["a.wav"]).device == (
+        "openvino"
+    )
+    with pytest.raises(config.ConfigError, match="expected one of auto, cpu, cuda, openvino"):
+        config.load(DatasetConfig, None, ["--device=tpu"], audio=["a.wav"])

@@ -20,9 +20,10 @@ class StageCompute:
     num_gpus: float = 0.0
     actors: int = 1  # class stages (models, the writer): a fixed-size actor pool
     max_actors: int = 0  # >actors turns on autoscaling of the pool up to this size
-    # Function stages: tasks at once; 0 = one per CPU of the cluster. Uncapped, Ray Data
-    # runs 1/num_cpus tasks per CPU, each in its own worker process, and on 2 cores starting
-    # those processes cost ~10 s of a 45 s run.
+    # Function stages: tasks at once; 0 = one per CPU the cluster has at the start (at
+    # least 2). Uncapped, Ray Data runs 1/num_cpus tasks per CPU, each in its own worker
+    # process, and on 2 cores starting those cost ~10 s of a 45 s run. Decoding takes ~10
+    # ms per file, so even 2 tasks outpace the model stages.
     max_tasks: int = 0
     threads: int = 0  # model stages: torch/onnxruntime threads; 0 = num_cpus (at least 1)
 
@@ -91,6 +92,10 @@ class DatasetConfig:
 
         if not self.audio and not self.midi:
             raise ConfigError("give audio inputs (--audio), MIDI inputs (--midi), or both")
+        from midiforge.transcription.sessions import DEVICES
+
+        if self.device not in DEVICES:
+            raise ConfigError(f"device {self.device!r}: expected one of {', '.join(DEVICES)}")
         if self.tier_midi not in (1, 3):
             raise ConfigError(f"tier_midi must be 1 (gold) or 3 (bulk), not {self.tier_midi}")
         if self.style and self.style_from_folder:

@@ -6,8 +6,8 @@
 - `cpu`: onnxruntime's own CPU kernels (the reference the parity tests compare against).
 
 OpenVINO comes as onnxruntime's plugin execution provider (the `onnxruntime-ep-openvino`
-wheel, x86-64 only). On the basic-pitch model it runs 1.3-1.4x faster than onnxruntime's
-CPU kernels on the same cores (`bench/transcribe_throughput.py` prints both), and its
+wheel, x86-64 only). On the basic-pitch model it ran 1.20-1.35x faster than onnxruntime's
+CPU kernels on the same 2 cores (`bench/transcribe_throughput.py` prints both), and its
 outputs stay within 1e-5 of theirs.
 """
 
