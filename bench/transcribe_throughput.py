@@ -52,7 +52,9 @@ def ceiling(clips: list[np.ndarray], model_path: str, batch: int, device: str):
 
     runner = OnnxTranscriber(model_path, device=device, batch_windows=batch)
     wins = np.concatenate([windows(c) for c in clips])
-    runner.run_windows(wins[: 2 * batch])  # warm-up, the last batch's shape included
+    # Warm-up on a full batch and on the last, shorter one: OpenVINO prepares each new
+    # input shape on its first run.
+    runner.run_windows(wins[: 2 * batch])
     runner.run_windows(wins[: len(wins) % batch or batch])
     t0 = time.perf_counter()
     runner.run_windows(wins)

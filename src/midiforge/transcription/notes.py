@@ -2,9 +2,9 @@
 
 The decoding is `predict()`'s own, `output_to_notes_polyphonic`, in the step-for-step port
 in `note_events` (importing basic-pitch's module costs ~3 s per process), skipping
-pitch-bend estimation, which does not change note events. Notes
-come back as (start_s, end_s, pitch, velocity) rows, velocity = round(127 * amplitude)
-as basic-pitch writes it to MIDI.
+pitch-bend estimation, which does not change note events. Notes come back as
+(start_s, end_s, pitch, velocity) rows, velocity = round(127 * amplitude) as basic-pitch
+writes it to MIDI.
 
 Thresholds belong to a model: a fine-tuned model's outputs are calibrated differently
 from stock's, so `midiforge train run` picks them on its validation pieces and writes
