@@ -6,9 +6,9 @@
 - `cpu`: onnxruntime's own CPU kernels (the reference the parity tests compare against).
 
 OpenVINO comes as onnxruntime's plugin execution provider (the `onnxruntime-ep-openvino`
-wheel, x86-64 only). On the basic-pitch model it ran 1.20-1.35x faster than onnxruntime's
-CPU kernels on the same 2 cores (`bench/transcribe_throughput.py` prints both), and its
-outputs stay within 1e-5 of theirs.
+wheel; x86-64 Linux and Windows). On the basic-pitch model it ran 1.20-1.35x faster than
+onnxruntime's CPU kernels on the same 2 cores (`bench/transcribe_throughput.py` prints
+both), and its outputs stay within 1e-5 of theirs.
 """
 
 from __future__ import annotations
@@ -54,7 +54,8 @@ def openvino_device() -> Any:
         if "error" in _openvino:
             raise RuntimeError(
                 "onnxruntime's OpenVINO provider is not usable here "
-                f"({_openvino['error']}); `pip install onnxruntime-ep-openvino` on x86-64"
+                f"({_openvino['error']}); on x86-64 Linux or Windows, "
+                "`pip install onnxruntime-ep-openvino`"
             )
         return _openvino["device"]
 
