@@ -96,20 +96,22 @@ def create_session(model_path: str | Path, device: str = "auto", threads: int = 
         raise ValueError(f"device {device!r}: expected one of {', '.join(DEVICES)}")
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
+
+    def builtin(providers: list[str]):
+        return ort.InferenceSession(str(model_path), opts, providers=providers), providers[0]
+
     if device != "openvino":
         providers = providers_for(device)
-        if providers[0] == "CUDAExecutionProvider" or device == "cpu":
-            return ort.InferenceSession(str(model_path), opts, providers=providers), providers[0]
-    if device in ("openvino", "auto"):
-        try:
-            ov = openvino_device()
-        except RuntimeError as e:
-            if device == "openvino":
-                raise
-            log.info("%s; using onnxruntime's CPU provider", e)
-        else:
-            # Nodes OpenVINO cannot take run on onnxruntime's CPU provider, added after it.
-            opts.add_provider_for_devices([ov], _openvino_options(threads))
-            return ort.InferenceSession(str(model_path), sess_options=opts), ov.ep_name
-    providers = ["CPUExecutionProvider"]
-    return ort.InferenceSession(str(model_path), opts, providers=providers), providers[0]
+        if device == "cpu" or providers[0] == "CUDAExecutionProvider":
+            return builtin(providers)
+    # `openvino`, or `auto` where onnxruntime has no CUDA.
+    try:
+        ov = openvino_device()
+    except RuntimeError as e:
+        if device == "openvino":
+            raise
+        log.info("%s; using onnxruntime's CPU provider", e)
+        return builtin(["CPUExecutionProvider"])
+    # Nodes OpenVINO cannot take run on onnxruntime's CPU provider, added after it.
+    opts.add_provider_for_devices([ov], _openvino_options(threads))
+    return ort.InferenceSession(str(model_path), sess_options=opts), ov.ep_name
