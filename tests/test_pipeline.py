@@ -3,6 +3,8 @@ the tiny-Demucs path and fail-fast start-up checks."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import time
 from pathlib import Path
@@ -13,8 +15,9 @@ import pytest
 
 from midiforge import cli, midi_io
 from midiforge.pipeline import schema
-from midiforge.pipeline.build import build_dataset
+from midiforge.pipeline.build import _start_checks, build_dataset, plan_inputs
 from midiforge.pipeline.config import DatasetConfig
+from midiforge.pipeline.inputs import list_inputs
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 
@@ -101,7 +104,7 @@ def test_same_seed_same_dataset_with_separate_stages(built, tiny_corpus, tmp_pat
         out=str(tmp_path),
         seed=3,
     )
-    ds_cfg.compute.fuse_cpu_postprocess = False
+    ds_cfg.compute.fuse_cpu_stages = False
     again = build_dataset(ds_cfg)
     assert again["by_split"] == cfg["by_split"]
     a = sorted(
@@ -111,6 +114,33 @@ def test_same_seed_same_dataset_with_separate_stages(built, tiny_corpus, tmp_pat
         (r["piece_id"], r["split"], r["augmentation"]) for r in read_dataset(tmp_path).to_pylist()
     )
     assert a == b
+
+
+def _physical_plan(cfg: DatasetConfig) -> str:
+    checks = _start_checks(cfg)
+    inputs = list_inputs(cfg.audio, [], style=None, style_from_folder=True, tier_midi=3)
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        plan_inputs(cfg, inputs, checks).explain()
+    return buf.getvalue().split("Physical Plan (Optimized)")[1]
+
+
+def test_cpu_stages_run_inside_the_model_actors(tiny_corpus, tmp_path):
+    """CPU-only: decoding fuses into the transcription actors (one operator, no task
+    workers); with fuse_cpu_stages off, each stage is its own operator."""
+    cfg = DatasetConfig(audio=[str(tiny_corpus / "audio")], style_from_folder=True,
+                        out=str(tmp_path))  # fmt: skip
+    plan = _physical_plan(cfg)
+    assert (
+        "ActorPoolMapOperator[MapBatches(load_inputs)->MapBatches(TranscribeAndPostprocess)]"
+        in plan
+    )
+    assert "TaskPoolMapOperator" not in plan
+    cfg.compute.fuse_cpu_stages = False
+    plan = _physical_plan(cfg)
+    assert "TaskPoolMapOperator[MapBatches(load_inputs)]" in plan
+    assert "ActorPoolMapOperator[MapBatches(Transcribe)]" in plan
+    assert "ActorPoolMapOperator[MapBatches(Postprocess)]" in plan
 
 
 def test_broken_inputs_are_rejected_and_counted(broken_inputs, tmp_path):

@@ -3,6 +3,7 @@ augment and write the dataset with its rejects, tokenizer, config and report."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -111,17 +112,24 @@ def _start_checks(cfg: DatasetConfig) -> tuple[tuple[int, int] | None, str, str]
     return sep_format, model_path, manifest.version
 
 
-def process_inputs(cfg: DatasetConfig, todo: list[Input], checks) -> None:
-    """Run the per-input stages over `todo`, writing results under OUT/_work/."""
+def plan_inputs(cfg: DatasetConfig, todo: list[Input], checks):
+    """The per-input stages over `todo` as a Ray Data dataset (nothing runs yet)."""
     import ray
 
     sep_format, model_path, version = checks
     c = cfg.compute
+    fused = c.fuse_cpu_stages and not c.transcribe.num_gpus
+    decode = c.decode
+    if fused and not sep_format:
+        # The transcription actors' resources and pool size: Ray Data then runs decoding
+        # in those actors (see Compute.fuse_cpu_stages).
+        pool = max(c.transcribe.actors, c.transcribe.max_actors)
+        decode = dataclasses.replace(c.decode, num_cpus=c.transcribe.num_cpus, max_tasks=pool)
     ds = ray.data.from_items(_input_rows(todo), override_num_blocks=max(1, len(todo) // 2))
     ds = _map(
         ds,
         stages.load_inputs,
-        c.decode,
+        decode,
         fn_kwargs={"limits": cfg.limits, "separator_format": sep_format},
     )
     if sep_format:
@@ -142,7 +150,7 @@ def process_inputs(cfg: DatasetConfig, todo: list[Input], checks) -> None:
     # Thresholds the config leaves unset are the transcriber's own (its decoding.yaml).
     notes_cfg = cfg.notes.resolve(model_decoding(model_path))
     postprocess_args = (notes_cfg, cfg.validate, cfg.tokenizer, models)
-    if c.fuse_cpu_postprocess and not c.transcribe.num_gpus:
+    if fused:
         ds = _map(
             ds,
             stages.TranscribeAndPostprocess,
@@ -152,8 +160,16 @@ def process_inputs(cfg: DatasetConfig, todo: list[Input], checks) -> None:
     else:
         ds = _map(ds, stages.Transcribe, c.transcribe, fn_constructor_args=transcribe_args)
         ds = _map(ds, stages.Postprocess, c.postprocess, fn_constructor_args=postprocess_args)
-    ds = _map(ds, work.WorkWriter, c.write, fn_constructor_args=(cfg.out,))
-    ds.materialize()
+    return ds
+
+
+def process_inputs(cfg: DatasetConfig, todo: list[Input], checks) -> None:
+    """Run the per-input stages over `todo`, writing results under OUT/_work/."""
+    ds = plan_inputs(cfg, todo, checks)
+    # The driver writes the finished rows (a few KB per input) as they stream out: a
+    # writer actor or task would be one more worker process to start.
+    for batch in ds.iter_batches(batch_size=None):
+        work.write_work(batch, cfg.out)
 
 
 def _write_dataset(cfg: DatasetConfig, splits: dict[str, str]) -> None:

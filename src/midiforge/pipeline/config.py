@@ -18,7 +18,7 @@ class StageCompute:
     batch_size: int | None = 4  # None: whole blocks as they come
     num_cpus: float = 1.0
     num_gpus: float = 0.0
-    actors: int = 1  # class stages (models, the writer): a fixed-size actor pool
+    actors: int = 1  # class stages (models, augmentation): a fixed-size actor pool
     max_actors: int = 0  # >actors turns on autoscaling of the pool up to this size
     # Function stages: tasks at once; 0 = one per CPU the cluster has at the start (at
     # least 2). Uncapped, Ray Data runs 1/num_cpus tasks per CPU, each in its own worker
@@ -49,14 +49,13 @@ class Compute:
         default_factory=lambda: StageCompute(batch_size=4, num_cpus=0.3)
     )
     augment: StageCompute = field(default_factory=lambda: StageCompute(batch_size=4))
-    # One writer actor: a few KB per batch, and no worker start-ups (see WorkWriter).
-    write: StageCompute = field(
-        default_factory=lambda: StageCompute(batch_size=None, num_cpus=0.1, actors=1)
-    )
-    # With no GPU for transcription, run post-processing inside the transcription actors:
-    # one process fewer and no object-store trip for the model outputs. On 2 cores it
-    # measured 44.7 vs 41.4 audio-s per s (within run-to-run noise), 2026-11-21.
-    fuse_cpu_postprocess: bool = True
+    # With no GPU for transcription (and no separation), decoding and post-processing run
+    # inside the transcription actors: Ray Data fuses a task stage into the actor stage
+    # after it when their resources match, so decoding gets the actors' resources. On 2
+    # cores every extra worker process costs ~1.5 CPU-s of imports (ray.data, pandas) at
+    # start, while all of these processes start at once, and the model outputs (~150 kB
+    # per audio-second) need no object-store trip.
+    fuse_cpu_stages: bool = True
 
 
 @dataclass

@@ -52,19 +52,6 @@ def write_work(batch: Batch, out: str) -> Batch:
     return {"piece_id": batch["piece_id"], "status": batch["status"]}
 
 
-class WorkWriter:
-    """write_work in a long-lived actor. As a task, each finished batch (one every second
-    or so) found the last writer process idle past Ray's 1 s idle-worker limit and killed,
-    and paid a fresh worker's start-up and imports: 8 of a 2-core run's 16 worker
-    processes, measured. The writes themselves are a few KB."""
-
-    def __init__(self, out: str) -> None:
-        self.out = out
-
-    def __call__(self, batch: Batch) -> Batch:
-        return write_work(batch, self.out)
-
-
 def work_files(out: str) -> list[str]:
     fs, base = _filesystem(out)
     work = f"{base}/{WORK_DIR}"
