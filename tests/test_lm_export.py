@@ -136,15 +136,33 @@ def test_cached_steps_match_torch_full_sequence(exported):
     want = torch_logits(model, ids)[0]
     lm = onnx_lm(path)
     last, cache = lm.prefill(ids[:, :PREFILL])
-    np.testing.assert_allclose(last, want[PREFILL - 1], rtol=0, atol=1e-4)
+    got = [last]
     for k in range(PREFILL, PREFILL + STEPS):
         last, cache = lm.step(int(ids[0, k]), cache)
-        np.testing.assert_allclose(last, want[k], rtol=0, atol=1e-4)
+        got.append(last)
+    # Checked after the loop: no step's logits are overwritten by a later step.
+    np.testing.assert_allclose(np.stack(got), want[PREFILL - 1 :], rtol=0, atol=1e-4)
     assert cache.length == PREFILL + STEPS
     if lm.shared_cache:  # fused graph: fixed buffers, filled in place
         assert cache.arrays[0].shape() == [1, lm.kv_heads, lm.capacity, lm.head_dim]
     else:
         assert cache.arrays[0].shape == (1, lm.kv_heads, PREFILL + STEPS, lm.head_dim)
+
+
+def test_two_generations_interleaved_on_one_session(exported):
+    """Each cache keeps its own buffers (and, fused, its own binding): steps of two
+    sequences taken in turn give each sequence's own logits."""
+    model, path = exported
+    a, b = prompt(PREFILL + STEPS, seed=2), prompt(PREFILL + STEPS, seed=3)
+    want_a, want_b = torch_logits(model, a)[0], torch_logits(model, b)[0]
+    lm = onnx_lm(path)
+    _, ca = lm.prefill(a[:, :PREFILL])
+    _, cb = lm.prefill(b[:, :PREFILL])
+    for k in range(PREFILL, PREFILL + STEPS):
+        la, ca = lm.step(int(a[0, k]), ca)
+        lb, cb = lm.step(int(b[0, k]), cb)
+        np.testing.assert_allclose(la, want_a[k], rtol=0, atol=1e-4)
+        np.testing.assert_allclose(lb, want_b[k], rtol=0, atol=1e-4)
 
 
 def test_continuing_from_an_earlier_cache_rewinds(exported):

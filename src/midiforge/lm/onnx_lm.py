@@ -15,8 +15,9 @@ continuation of a buffer stays valid. empty_cache() starts a new one.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -34,6 +35,38 @@ class KVCache:
 
     arrays: tuple
     length: int
+    # Fused graphs: the io binding of these buffers (_CacheBinding), made on first use and
+    # shared by every KVCache of the same buffers.
+    binding: Any = field(default=None, compare=False, repr=False)
+
+
+class _CacheBinding:
+    """An io binding with one cache's buffers bound once (as past and present) and a
+    one-position logits buffer: a decoding step rebinds only its token and position,
+    instead of all 2 x layers buffers and a fresh logits output."""
+
+    def __init__(self, lm: OnnxCausalLM, buffers: tuple) -> None:
+        self.io = lm.session.io_binding()
+        for past, present, buf in zip(lm.past_names, lm.present_names, buffers, strict=True):
+            self.io.bind_ortvalue_input(past, buf)
+            self.io.bind_ortvalue_output(present, buf)
+        self.step_logits = np.zeros((1, 1, lm.vocab_size), np.float32)
+        self.step_bound = False
+
+    def run(self, session, ids: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        self.io.bind_cpu_input("input_ids", ids)
+        self.io.bind_cpu_input("position_ids", positions)
+        step = ids.shape[1] == 1
+        if step and not self.step_bound:
+            buf = self.step_logits
+            self.io.bind_output("logits", "cpu", 0, np.float32, buf.shape, buf.ctypes.data)
+        elif not step:
+            self.io.bind_output("logits")  # onnxruntime allocates (n positions)
+        self.step_bound = step
+        session.run_with_iobinding(self.io)
+        if step:
+            return self.step_logits.copy()  # the buffer is rewritten by the next step
+        return self.io.get_outputs()[-1].numpy()  # outputs come back in binding order
 
 
 class OnnxCausalLM:
@@ -115,19 +148,10 @@ class OnnxCausalLM:
         end = cache.length + ids.shape[1]
         if end > self.capacity:
             raise MidiforgeError(f"{self.path}: {end} positions exceed the cache's {self.capacity}")
-        # A binding per call: one session may serve several generations at once.
-        io = self.session.io_binding()
-        io.bind_cpu_input("input_ids", ids)
-        io.bind_cpu_input("position_ids", positions)
-        for past, present, buf in zip(
-            self.past_names, self.present_names, cache.arrays, strict=True
-        ):
-            io.bind_ortvalue_input(past, buf)
-            io.bind_ortvalue_output(present, buf)
-        io.bind_output("logits")
-        self.session.run_with_iobinding(io)
-        logits = io.get_outputs()[-1].numpy()  # outputs come back in binding order
-        return logits, KVCache(cache.arrays, end)
+        # A binding per cache (per generation): one session may serve several at once.
+        binding = cache.binding or _CacheBinding(self, cache.arrays)
+        logits = binding.run(self.session, ids, positions)
+        return logits, KVCache(cache.arrays, end, binding)
 
     def prefill(self, ids: np.ndarray) -> tuple[np.ndarray, KVCache]:
         """A prompt (1, n) -> the last position's logits (vocab,) and the cache after it."""
