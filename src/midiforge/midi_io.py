@@ -1,4 +1,5 @@
-"""All MIDI reading and writing goes through here.
+"""All MIDI reading and writing goes through here (note arrays are written by
+midi_write.notes_midi_bytes, the same bytes as midi_bytes(midi_from_notes(...)), faster).
 
 Notes inside the library are float arrays of rows (start_s, end_s, pitch, velocity),
 sorted by start then pitch.

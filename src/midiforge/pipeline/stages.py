@@ -19,6 +19,7 @@ import pyarrow as pa
 
 from midiforge import audio as audiomod
 from midiforge import midi_io
+from midiforge.midi_write import notes_midi_bytes
 from midiforge.pipeline import schema
 from midiforge.pipeline.inputs import read_bytes
 
@@ -232,7 +233,7 @@ def postprocess(batch: Batch, note_cfg, validate_cfg, tokenizer, models_json: st
             if len(notes) == 0:
                 reject(r, "transcribe", "no_notes", "the transcription holds no notes")
             else:
-                r["midi"] = midi_io.midi_bytes(midi_io.midi_from_notes(notes))
+                r["midi"] = notes_midi_bytes(notes)
         for k in OUTPUT_KEYS:
             r[k] = b""
         if r["status"] != "ok":

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from midiforge import audio as audiomod
-from midiforge import midi_io
+from midiforge.midi_write import notes_midi_bytes
 from midiforge.serving.settings import ServeSettings
 
 
@@ -67,4 +67,4 @@ def notes_json(model: str, seconds: float, notes: np.ndarray) -> dict:
 
 
 def notes_midi(notes: np.ndarray) -> bytes:
-    return midi_io.midi_bytes(midi_io.midi_from_notes(notes))
+    return notes_midi_bytes(notes)

@@ -7,7 +7,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from midiforge import audio, midi_io
+from midiforge import audio
+from midiforge.midi_write import notes_midi_bytes
 from midiforge.transcription.models import (
     InputError,
     load_clip,
@@ -50,7 +51,7 @@ def extract(
     if len(notes) == 0:
         log.warning("%s: the model found no notes; writing an empty MIDI file", src)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    dest.write_bytes(midi_io.midi_bytes(midi_io.midi_from_notes(notes, name=model)))
+    dest.write_bytes(notes_midi_bytes(notes, name=model))
     return {
         "model": model,
         "model_path": str(model_path),
