@@ -2,8 +2,10 @@
 
 1. baseline: basic-pitch's own `predict()`, file by file (decode, windows of 1, decoding);
 2. ceiling:  the ONNX model alone on pre-decoded windows, batched (no I/O, no decoding),
-   on the provider the pipeline picks (`--device`, default auto: OpenVINO on x86 CPUs);
-   the same on onnxruntime's own CPU kernels is printed for reference;
+   on the provider the pipeline picks (`--device`, default auto: OpenVINO on x86 CPUs),
+   the better of one session on all cores and one single-threaded session per core in
+   as many processes (the pipeline's layout); onnxruntime's own CPU kernels (one session)
+   are printed for reference;
 3. pipeline: this project's Ray Data path end to end (read, decode, batched ONNX across
    files, note decoding, validation, tokenization, work files), Ray already started;
    measured warm (Ray Data's cluster-wide actors already up, as for every job after a
@@ -48,19 +50,53 @@ def baseline(files: list[Path], model_path: str) -> float:
     return time.perf_counter() - t0
 
 
-def ceiling(clips: list[np.ndarray], model_path: str, batch: int, device: str):
-    """(seconds, provider) for the model alone on every window, one session on all cores."""
-    from midiforge.transcription.runner import OnnxTranscriber, windows
+# Passes over the windows per ceiling measurement: one pass is ~2.5 s here, too short to
+# measure on a machine whose speed drifts by 10-20% within seconds.
+PASSES = 3
 
-    runner = OnnxTranscriber(model_path, device=device, batch_windows=batch)
-    wins = np.concatenate([windows(c) for c in clips])
+
+def _ceiling_worker(wins: np.ndarray, session: tuple, passes: int, barrier, out) -> None:
+    from midiforge.transcription.runner import OnnxTranscriber
+
+    runner = OnnxTranscriber(*session)  # model, device, batch_windows, intra_op_threads
+    batch = runner.batch_windows
     # Warm-up on a full batch and on the last, shorter one: OpenVINO prepares each new
     # input shape on its first run.
     runner.run_windows(wins[: 2 * batch])
     runner.run_windows(wins[: len(wins) % batch or batch])
+    barrier.wait()
     t0 = time.perf_counter()
-    runner.run_windows(wins)
-    return time.perf_counter() - t0, runner.provider
+    for _ in range(passes):
+        runner.run_windows(wins)
+    out.put((t0, time.perf_counter(), runner.provider))
+
+
+def ceiling(clips: list[np.ndarray], model_path: str, batch: int, device: str, procs: int):
+    """(seconds, provider) for the model alone on every window, PASSES times over: `procs`
+    processes with
+    one session each, the windows split between them, every core in use (1 process: one
+    session on all cores; N: N single-threaded sessions, the layout the pipeline uses).
+    From the moment all are ready to the last one's end."""
+    import multiprocessing as mp
+
+    from midiforge.transcription.runner import windows
+
+    wins = np.concatenate([windows(c) for c in clips])
+    ctx = mp.get_context("spawn")
+    barrier, out = ctx.Barrier(procs), ctx.Queue()
+    threads = 0 if procs == 1 else 1
+    parts = np.array_split(wins, procs)
+    session = (model_path, device, batch, threads)
+    workers = [
+        ctx.Process(target=_ceiling_worker, args=(part, session, PASSES, barrier, out))
+        for part in parts
+    ]
+    for w in workers:
+        w.start()
+    spans = [out.get() for _ in workers]
+    for w in workers:
+        w.join()
+    return max(e for _, e, _ in spans) - min(s for s, _, _ in spans), spans[0][2]
 
 
 def pipeline(files: list[Path], batch: int, device: str, overrides: list[str]) -> list[float]:
@@ -122,9 +158,14 @@ def main() -> None:
     print(f"{len(files)} files, {total:.1f} s of audio, {os.cpu_count()} CPUs")
 
     base = total / baseline(files, model_path)
-    t, provider = ceiling(clips, model_path, args.batch_windows, args.device)
-    ceil = total / t
-    ort_cpu = total / ceiling(clips, model_path, args.batch_windows, "cpu")[0]
+    # The ceiling is the better of one session on every core and one single-threaded
+    # session per core (what the pipeline's actors run): on 2 cores either can win.
+    layouts = {}
+    for procs in (1, os.cpu_count() or 1):
+        t, provider = ceiling(clips, model_path, args.batch_windows, args.device, procs)
+        layouts[procs] = PASSES * total / t
+    ceil = max(layouts.values())
+    ort_cpu = PASSES * total / ceiling(clips, model_path, args.batch_windows, "cpu", 1)[0]
     links = Path(tempfile.mkdtemp(prefix="bench-copies-"))
     many = []
     for k in range(args.repeat):  # distinct files, so each copy is its own input
@@ -135,6 +176,9 @@ def main() -> None:
     cold, warm = (args.repeat * total / t for t in runs)
     print(f"baseline  basic_pitch.predict, file by file   {base:8.1f} audio-s/wall-s")
     print(f"ceiling   ONNX model alone, batched windows   {ceil:8.1f} audio-s/wall-s ({provider})")
+    for procs, rate in layouts.items():
+        layout = "one session, all cores" if procs == 1 else f"{procs} single-threaded sessions"
+        print(f"          of which: {layout:28s}{rate:6.1f} audio-s/wall-s")
     print(f"          same, onnxruntime's CPU provider    {ort_cpu:8.1f} audio-s/wall-s")
     size = f"{args.repeat} x {total:.0f} s of audio, model actors' start-up included"
     print(f"pipeline  Ray Data path, end to end, warm     {warm:8.1f} audio-s/wall-s ({size})")
