@@ -46,6 +46,7 @@ class _CacheBinding:
     instead of all 2 x layers buffers and a fresh logits output."""
 
     def __init__(self, lm: OnnxCausalLM, buffers: tuple) -> None:
+        self.session = lm.session
         self.io = lm.session.io_binding()
         for past, present, buf in zip(lm.past_names, lm.present_names, buffers, strict=True):
             self.io.bind_ortvalue_input(past, buf)
@@ -53,7 +54,7 @@ class _CacheBinding:
         self.step_logits = np.zeros((1, 1, lm.vocab_size), np.float32)
         self.step_bound = False
 
-    def run(self, session, ids: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    def run(self, ids: np.ndarray, positions: np.ndarray) -> np.ndarray:
         self.io.bind_cpu_input("input_ids", ids)
         self.io.bind_cpu_input("position_ids", positions)
         step = ids.shape[1] == 1
@@ -63,7 +64,7 @@ class _CacheBinding:
         elif not step:
             self.io.bind_output("logits")  # onnxruntime allocates (n positions)
         self.step_bound = step
-        session.run_with_iobinding(self.io)
+        self.session.run_with_iobinding(self.io)
         if step:
             return self.step_logits.copy()  # the buffer is rewritten by the next step
         return self.io.get_outputs()[-1].numpy()  # outputs come back in binding order
@@ -150,7 +151,7 @@ class OnnxCausalLM:
             raise MidiforgeError(f"{self.path}: {end} positions exceed the cache's {self.capacity}")
         # A binding per cache (per generation): one session may serve several at once.
         binding = cache.binding or _CacheBinding(self, cache.arrays)
-        logits = binding.run(self.session, ids, positions)
+        logits = binding.run(ids, positions)
         return logits, KVCache(cache.arrays, end, binding)
 
     def prefill(self, ids: np.ndarray) -> tuple[np.ndarray, KVCache]:

@@ -49,9 +49,10 @@ class Compute:
         default_factory=lambda: StageCompute(batch_size=4, num_cpus=0.3)
     )
     augment: StageCompute = field(default_factory=lambda: StageCompute(batch_size=4))
-    # With no GPU for transcription (and no separation), decoding and post-processing run
-    # inside the transcription actors: Ray Data fuses a task stage into the actor stage
-    # after it when their resources match, so decoding gets the actors' resources. On 2
+    # With no GPU for transcription, post-processing runs inside the transcription actors,
+    # and so does decoding when nothing is separated: Ray Data fuses a task stage into the
+    # actor stage after it when their resources match, so decoding gets the actors'
+    # resources (with separation, decoding feeds the Demucs actors instead). On 2
     # cores every extra worker process costs ~1.5 CPU-s of imports (ray.data, pandas) at
     # start, while all of these processes start at once, and the model outputs (~150 kB
     # per audio-second) need no object-store trip.

@@ -35,8 +35,8 @@ def to_work_table(batch: Batch) -> pa.Table:
     return pa.table(cols, schema=schema.WORK)
 
 
-def write_work(batch: Batch, out: str) -> Batch:
-    """Write a batch's finished rows under OUT/_work/; returns (piece_id, status) only."""
+def write_work(batch: Batch, out: str) -> None:
+    """Write a batch's finished rows under OUT/_work/ as one Parquet file."""
     table = to_work_table(batch)
     fs, base = _filesystem(out)
     work = f"{base}/{WORK_DIR}"
@@ -49,7 +49,6 @@ def write_work(batch: Batch, out: str) -> Batch:
     with fs.open_output_stream(tmp) as f:
         f.write(buf.getvalue())
     fs.move(tmp, f"{work}/part-{name}.parquet")
-    return {"piece_id": batch["piece_id"], "status": batch["status"]}
 
 
 def work_files(out: str) -> list[str]:
