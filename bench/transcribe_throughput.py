@@ -50,11 +50,6 @@ def baseline(files: list[Path], model_path: str) -> float:
     return time.perf_counter() - t0
 
 
-# Passes over the windows per ceiling measurement: one pass is ~2.5 s here, too short to
-# measure on a machine whose speed drifts by 10-20% within seconds.
-PASSES = 3
-
-
 def _ceiling_worker(wins: np.ndarray, session: tuple, passes: int, barrier, out) -> None:
     from midiforge.transcription.runner import OnnxTranscriber
 
@@ -71,8 +66,10 @@ def _ceiling_worker(wins: np.ndarray, session: tuple, passes: int, barrier, out)
     out.put((t0, time.perf_counter(), runner.provider))
 
 
-def ceiling(clips: list[np.ndarray], model_path: str, batch: int, device: str, procs: int):
-    """(seconds, provider) for the model alone on every window, PASSES times over: `procs`
+def ceiling(
+    clips: list[np.ndarray], model_path: str, batch: int, device: str, *, procs: int, passes: int
+):
+    """(seconds, provider) for the model alone on every window, `passes` times over: `procs`
     processes with
     one session each, the windows split between them, every core in use (1 process: one
     session on all cores; N: N single-threaded sessions, the layout the pipeline uses).
@@ -88,7 +85,7 @@ def ceiling(clips: list[np.ndarray], model_path: str, batch: int, device: str, p
     parts = np.array_split(wins, procs)
     session = (model_path, device, batch, threads)
     workers = [
-        ctx.Process(target=_ceiling_worker, args=(part, session, PASSES, barrier, out))
+        ctx.Process(target=_ceiling_worker, args=(part, session, passes, barrier, out))
         for part in parts
     ]
     for w in workers:
@@ -159,13 +156,16 @@ def main() -> None:
 
     base = total / baseline(files, model_path)
     # The ceiling is the better of one session on every core and one single-threaded
-    # session per core (what the pipeline's actors run): on 2 cores either can win.
+    # session per core (what the pipeline's actors run): on 2 cores either can win. Each
+    # runs over as much audio as the pipeline (--repeat passes): this machine's speed
+    # drifts by 20% and more within seconds, and a short measurement catches a burst.
     layouts = {}
+    n, batch = args.repeat, args.batch_windows
     for procs in (1, os.cpu_count() or 1):
-        t, provider = ceiling(clips, model_path, args.batch_windows, args.device, procs)
-        layouts[procs] = PASSES * total / t
+        t, provider = ceiling(clips, model_path, batch, args.device, procs=procs, passes=n)
+        layouts[procs] = n * total / t
     ceil = max(layouts.values())
-    ort_cpu = PASSES * total / ceiling(clips, model_path, args.batch_windows, "cpu", 1)[0]
+    ort_cpu = n * total / ceiling(clips, model_path, batch, "cpu", procs=1, passes=n)[0]
     links = Path(tempfile.mkdtemp(prefix="bench-copies-"))
     many = []
     for k in range(args.repeat):  # distinct files, so each copy is its own input
