@@ -135,7 +135,10 @@ def main() -> None:
     ap.add_argument("--batch-windows", type=int, default=16)
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda | openvino")
     ap.add_argument(
-        "--repeat", type=int, default=10, help="list the audio this many times (pipeline)"
+        "--repeat",
+        type=int,
+        default=10,
+        help="list the audio this many times (pipeline); the ceiling runs as many passes",
     )
     ap.add_argument(
         "overrides",
@@ -161,7 +164,7 @@ def main() -> None:
     # drifts by 20% and more within seconds, and a short measurement catches a burst.
     layouts = {}
     n, batch = args.repeat, args.batch_windows
-    for procs in (1, os.cpu_count() or 1):
+    for procs in sorted({1, os.cpu_count() or 1}):
         t, provider = ceiling(clips, model_path, batch, args.device, procs=procs, passes=n)
         layouts[procs] = n * total / t
     ceil = max(layouts.values())
@@ -178,7 +181,7 @@ def main() -> None:
     print(f"ceiling   ONNX model alone, batched windows   {ceil:8.1f} audio-s/wall-s ({provider})")
     for procs, rate in layouts.items():
         layout = "one session, all cores" if procs == 1 else f"{procs} single-threaded sessions"
-        print(f"          of which: {layout:28s}{rate:6.1f} audio-s/wall-s")
+        print(f"          layout: {layout:30s}{rate:6.1f} audio-s/wall-s")
     print(f"          same, onnxruntime's CPU provider    {ort_cpu:8.1f} audio-s/wall-s")
     size = f"{args.repeat} x {total:.0f} s of audio, model actors' start-up included"
     print(f"pipeline  Ray Data path, end to end, warm     {warm:8.1f} audio-s/wall-s ({size})")
