@@ -148,19 +148,16 @@ def start_serve(port: int, overrides: dict | None = None) -> None:
 
 def model_alone(data: list[bytes], requests: int, device: str) -> float:
     """req/s of the model alone on the same clips' windows (decoded beforehand, batched,
-    one session on every core): the most any server's model stage can reach."""
+    one session on every core): the most any server's model stage can reach. Measured by
+    transcribe_throughput's ceiling, over `requests` clips."""
     from midiforge import audio, registry
-    from midiforge.transcription.runner import OnnxTranscriber, windows
+    from transcribe_throughput import ceiling  # a sibling script: bench/ is on sys.path
 
-    runner = OnnxTranscriber(registry.stock_model_path(), device=device)
     limits = audio.AudioLimits()
     clips = [audio.load_for_transcription(d, limits) for d in data]
-    wins = np.concatenate([windows(clips[i % len(clips)]) for i in range(requests)])
-    runner.run_windows(wins[:32])  # warm-up: OpenVINO prepares each input shape once
-    runner.run_windows(wins[: len(wins) % runner.batch_windows or runner.batch_windows])
-    t0 = time.perf_counter()
-    runner.run_windows(wins)
-    return requests / (time.perf_counter() - t0)
+    load = [clips[i % len(clips)] for i in range(requests)]
+    seconds, _ = ceiling(load, str(registry.stock_model_path()), 16, device, procs=1, passes=1)
+    return requests / seconds
 
 
 def print_row(name: str, r: dict) -> None:

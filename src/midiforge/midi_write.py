@@ -58,8 +58,7 @@ def notes_midi_bytes(
     velocity = _data_bytes(arr[:, 3].astype(np.int64), "velocities")
     scale = 60.0 / (_TEMPO_BPM * resolution)  # seconds per tick
     times = arr[:, :2].ravel()  # start0, end0, start1, end1, ...: on/off in input order
-    ticks = np.where(times > 0, np.rint(np.where(times > 0, times, 0.0) / scale), 0.0)
-    ticks = ticks.astype(np.int64)
+    ticks = np.rint(np.maximum(times, 0.0) / scale).astype(np.int64)  # <= 0 s: tick 0
     notes_ev = np.repeat(pitch, 2)
     vel_ev = np.stack([velocity, np.zeros_like(velocity)], axis=1).ravel()
     order = np.lexsort((vel_ev, notes_ev, ticks))  # stable: ties are identical events
