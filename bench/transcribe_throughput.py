@@ -11,9 +11,11 @@
    measured warm (Ray Data's cluster-wide actors already up, as for every job after a
    cluster's first) and cold (the first Ray Data job on a new Ray).
 
-Targets on 2 cores: pipeline >= 1.2x baseline and >= 0.8x ceiling.
+Targets on 2 cores: pipeline >= 1.2x baseline and >= 0.8x ceiling. Every figure is
+measured in each of `--rounds` rounds, back to back, and the ratios are the medians of
+the rounds' own ratios (this machine's speed drifts for seconds to minutes at a time).
 
-    .venv/bin/python bench/transcribe_throughput.py [--audio out/demo/corpus/audio]
+    .venv/bin/python bench/transcribe_throughput.py [--audio out/demo/corpus/audio] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -125,6 +127,25 @@ def pipeline(files: list[Path], batch: int, device: str, overrides: list[str]) -
     return times
 
 
+def one_round(files, clips, model_path: str, many: list[Path], args) -> dict[str, float]:
+    """Every figure once, back to back (audio-s per wall-s)."""
+    from midiforge import audio
+
+    total = sum(len(c) for c in clips) / audio.TRANSCRIPTION_SR
+    n, batch = args.repeat, args.batch_windows
+    fig = {"baseline": total / baseline(files, model_path)}
+    # The ceiling is the better of one session on every core and one single-threaded
+    # session per core (what the pipeline's actors run): on 2 cores either can win. Each
+    # runs over as much audio as the pipeline (--repeat passes).
+    for procs in sorted({1, os.cpu_count() or 1}):
+        t, fig["provider"] = ceiling(clips, model_path, batch, args.device, procs=procs, passes=n)
+        fig[f"layout{procs}"] = n * total / t
+    fig["ceiling"] = max(v for k, v in fig.items() if k.startswith("layout"))
+    runs = pipeline(many, batch, args.device, [*args.overrides, *args.extra])
+    fig["cold"], fig["warm"] = (n * total / t for t in runs)
+    return fig
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -141,11 +162,17 @@ def main() -> None:
         help="list the audio this many times (pipeline); the ceiling runs as many passes",
     )
     ap.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="measure everything this many times, back to back; ratios are per round",
+    )
+    ap.add_argument(
         "overrides",
         nargs="*",
         help="pipeline config overrides, e.g. --compute.transcribe.num_cpus=2",
     )
-    args, extra = ap.parse_known_args()
+    args, args.extra = ap.parse_known_args()
     logging.basicConfig(level=logging.WARNING)
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 
@@ -156,40 +183,48 @@ def main() -> None:
     clips = [audio.load_for_transcription(f.read_bytes(), audio.AudioLimits()) for f in files]
     total = sum(len(c) for c in clips) / audio.TRANSCRIPTION_SR
     print(f"{len(files)} files, {total:.1f} s of audio, {os.cpu_count()} CPUs")
-
-    base = total / baseline(files, model_path)
-    # The ceiling is the better of one session on every core and one single-threaded
-    # session per core (what the pipeline's actors run): on 2 cores either can win. Each
-    # runs over as much audio as the pipeline (--repeat passes): this machine's speed
-    # drifts by 20% and more within seconds, and a short measurement catches a burst.
-    layouts = {}
-    n, batch = args.repeat, args.batch_windows
-    for procs in sorted({1, os.cpu_count() or 1}):
-        t, provider = ceiling(clips, model_path, batch, args.device, procs=procs, passes=n)
-        layouts[procs] = n * total / t
-    ceil = max(layouts.values())
-    ort_cpu = n * total / ceiling(clips, model_path, batch, "cpu", procs=1, passes=n)[0]
     links = Path(tempfile.mkdtemp(prefix="bench-copies-"))
     many = []
     for k in range(args.repeat):  # distinct files, so each copy is its own input
         for f in files:
             many.append(links / f"{k}-{f.parent.name}-{f.name}")
             shutil.copyfile(f, many[-1])
-    runs = pipeline(many, args.batch_windows, args.device, [*args.overrides, *extra])
-    cold, warm = (args.repeat * total / t for t in runs)
-    print(f"baseline  basic_pitch.predict, file by file   {base:8.1f} audio-s/wall-s")
-    print(f"ceiling   ONNX model alone, batched windows   {ceil:8.1f} audio-s/wall-s ({provider})")
-    for procs, rate in layouts.items():
-        layout = "one session, all cores" if procs == 1 else f"{procs} single-threaded sessions"
-        print(f"          layout: {layout:30s}{rate:6.1f} audio-s/wall-s")
-    print(f"          same, onnxruntime's CPU provider    {ort_cpu:8.1f} audio-s/wall-s")
-    size = f"{args.repeat} x {total:.0f} s of audio, model actors' start-up included"
-    print(f"pipeline  Ray Data path, end to end, warm     {warm:8.1f} audio-s/wall-s ({size})")
-    print(f"          same, cold (Ray Data's first job)   {cold:8.1f} audio-s/wall-s")
-    for name, pipe in (("warm", warm), ("cold", cold)):
+    # This machine's speed drifts by 20% and more, for seconds to minutes at a time: a
+    # ratio of two figures measured minutes apart says more about the drift than about
+    # the pipeline. So every figure is measured in each round, back to back, and each
+    # ratio is taken within a round; the medians over rounds are the result.
+    rounds = [one_round(files, clips, model_path, many, args) for _ in range(args.rounds)]
+    size = f"{args.repeat} x {total:.0f} s of audio per figure"
+    print(f"{len(rounds)} rounds, {size}; audio-s per wall-s (model actors' start-up included)")
+    cols = ("baseline", "ceiling", "layout1", f"layout{os.cpu_count()}", "warm", "cold")
+    ratios = (("warm", "baseline"), ("warm", "ceiling"), ("cold", "baseline"), ("cold", "ceiling"))
+    print("round " + " ".join(f"{c:>9s}" for c in cols)
+          + "".join(f" {a}/{b[:4]:>4s}" for a, b in ratios))  # fmt: skip
+    for i, f in enumerate(rounds, 1):
+        print(f"{i:5d} " + " ".join(f"{f.get(c, float('nan')):9.1f}" for c in cols)
+              + "".join(f" {f[a] / f[b]:9.2f}" for a, b in ratios))  # fmt: skip
+
+    def med(a: str, b: str | None = None) -> float:
+        return float(np.median([f[a] / (f[b] if b else 1.0) for f in rounds]))
+
+    ort_cpu = (
+        args.repeat
+        * total
+        / ceiling(clips, model_path, args.batch_windows, "cpu", procs=1, passes=args.repeat)[0]
+    )
+    provider = rounds[0]["provider"]
+    print("medians over the rounds:")
+    print(f"baseline  basic_pitch.predict, file by file   {med('baseline'):8.1f}")
+    print(f"ceiling   ONNX model alone, batched windows   {med('ceiling'):8.1f} ({provider}, "
+          "each round's better layout)")  # fmt: skip
+    print(f"          same, onnxruntime's CPU provider    {ort_cpu:8.1f} (once, after the rounds)")
+    print(f"pipeline  Ray Data path, end to end, warm     {med('warm'):8.1f}")
+    print(f"          same, cold (Ray Data's first job)   {med('cold'):8.1f}")
+    for name in ("warm", "cold"):
         print(
-            f"{name}: pipeline / baseline = {pipe / base:.2f}x (target >= 1.2), "
-            f"pipeline / ceiling = {pipe / ceil:.2f} (target >= 0.8)"
+            f"{name}: pipeline / baseline = {med(name, 'baseline'):.2f}x (target >= 1.2), "
+            f"pipeline / ceiling = {med(name, 'ceiling'):.2f} (target >= 0.8); "
+            "medians of the rounds' ratios"
         )
 
 

@@ -81,6 +81,26 @@ def test_equal_to_basic_pitch_on_random_outputs():
         assert _theirs(silent, silent, **DEFAULTS) == []
 
 
+def test_equal_to_basic_pitch_on_ties_nan_and_long_outputs():
+    """Coarse levels make many equal maxima (which one basic-pitch takes first decides
+    the notes); a NaN stops the melodia pass in both; long runs cross the walk's chunks."""
+    rng = np.random.default_rng(11)
+    total = 0
+    for trial in range(12):
+        n = int(rng.integers(50, 2000))
+        held = np.repeat(rng.random((n // 40 + 1, 88)) < 0.08, 40, axis=0)[:n]
+        note = (held * rng.integers(0, 5, (n, 88)) / 4).astype(np.float32)
+        onset = (note * (rng.random((n, 88)) < 0.1)).astype(np.float32)
+        kw = {**DEFAULTS, **OPTIONS[trial % len(OPTIONS)]}
+        if trial % 4 == 3:
+            note[rng.integers(n), rng.integers(88)] = np.nan
+        with np.errstate(invalid="ignore"):
+            ours = note_events.output_to_notes_polyphonic(note, onset, **kw)
+            _assert_same(ours, _theirs(note, onset, **kw))
+        total += len(ours)
+    assert total > 500
+
+
 def test_frame_times_equal_basic_pitch():
     from basic_pitch import note_creation
 

@@ -14,8 +14,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from midiforge import cli, midi_io
-from midiforge.pipeline import schema
-from midiforge.pipeline.build import _start_checks, build_dataset, plan_inputs
+from midiforge.pipeline import schema, work
+from midiforge.pipeline.build import _start_checks, balanced_blocks, build_dataset, plan_inputs
 from midiforge.pipeline.config import DatasetConfig
 from midiforge.pipeline.inputs import list_inputs
 
@@ -67,6 +67,25 @@ def test_end_to_end_contracts(built, capsys):
     for r in table.slice(0, 20).to_pylist():
         assert r["tokens"] and midi_io.load_midi(r["midi"]).instruments
         json.loads(r["augmentation"]) and json.loads(r["models"])
+
+
+def test_every_transcription_actor_gets_an_equal_share(built):
+    """12 inputs, batches of at most 4, 2 actors: 4 blocks of 3 (a multiple of the pool),
+    one batch each, written as one work file each, not 3 batches of 4."""
+    out, _ = built
+    sizes = [pq.read_metadata(p).num_rows for p in work.work_files(str(out))]
+    assert sorted(sizes) == [3, 3, 3, 3]
+
+
+@pytest.mark.parametrize(
+    ("n", "pool", "batch", "blocks"),
+    [(120, 2, 8, 16), (128, 2, 8, 16), (129, 2, 8, 18), (6, 2, 8, 2), (1, 2, 8, 1),
+     (0, 2, 8, 1), (12, 2, 4, 4), (12, 3, 4, 3), (30, 4, 4, 8), (5, 1, 2, 3)],
+)  # fmt: skip
+def test_balanced_blocks(n, pool, batch, blocks):
+    assert balanced_blocks(n, pool, batch) == blocks
+    if n >= pool:
+        assert blocks % pool == 0 and -(-n // blocks) <= batch
 
 
 def test_splits_and_augmentation(built):
@@ -231,3 +250,17 @@ def test_bad_stem_and_unknown_transcriber_fail_fast(tmp_path, tiny_corpus, capsy
     assert "no model named 'no-such-model'" in capsys.readouterr().err
     assert cli.main(["dataset", "build", "--out", str(tmp_path / "o")]) == 2
     assert "give audio inputs" in capsys.readouterr().err
+
+
+def test_model_actors_that_cannot_start_stop_the_job_with_the_sizes(tmp_path, tiny_corpus, capsys):
+    """Actors asking for more CPUs than the cluster has: an error naming what was asked
+    and what there is, after compute.wait_for_actors_s, not a job waiting forever."""
+    argv = ["dataset", "build", "--audio", str(tiny_corpus / "audio"), "--style-from-folder",
+            "--out", str(tmp_path / "o"), "--compute.transcribe.num_cpus=64",
+            "--compute.wait_for_actors_s=3"]  # fmt: skip
+    t0 = time.monotonic()
+    assert cli.main(argv) == 2
+    assert time.monotonic() - t0 < 60
+    err = capsys.readouterr().err
+    assert "did not all start within compute.wait_for_actors_s=3 s" in err
+    assert "transcribe 2 x (64 CPU, 0 GPU)" in err and "'CPU': " in err

@@ -57,6 +57,11 @@ class Compute:
     # start, while all of these processes start at once, and the model outputs (~150 kB
     # per audio-second) need no object-store trip.
     fuse_cpu_stages: bool = True
+    # Per-input stages start once each actor pool's `actors` are up; after this long
+    # the job stops with an error naming the sizes asked for and the cluster's (an
+    # autoscaling cluster may need minutes to add nodes). <= 0: start with whichever
+    # actor is up first, and wait for the others indefinitely.
+    wait_for_actors_s: int = 600
 
 
 @dataclass

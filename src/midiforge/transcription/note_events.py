@@ -49,16 +49,17 @@ def _constrain_frequency(onsets, frames, max_freq, min_freq):
 
 def _inferred_onsets(onsets: np.ndarray, frames: np.ndarray, n_diff: int = 2) -> np.ndarray:
     """Onsets, raised where frame activations jump (rescaled to the onsets' maximum)."""
-    diffs = []
+    frame_diff = None
     for n in range(1, n_diff + 1):
         frames_appended = np.concatenate([np.zeros((n, frames.shape[1])), frames])
-        diffs.append(frames_appended[n:, :] - frames_appended[:-n, :])
-    frame_diff = np.min(diffs, axis=0)
+        diff = frames_appended[n:, :] - frames_appended[:-n, :]
+        # np.minimum pairwise is theirs np.min(stack, axis=0): the same reduction, no stack
+        frame_diff = diff if frame_diff is None else np.minimum(frame_diff, diff)
     frame_diff[frame_diff < 0] = 0
     frame_diff[:n_diff, :] = 0
     with np.errstate(divide="ignore", invalid="ignore"):  # all-zero diffs: NaN, as theirs
         frame_diff = np.max(onsets) * frame_diff / np.max(frame_diff)
-    return np.max([onsets, frame_diff], axis=0)
+    return np.maximum(onsets, frame_diff)
 
 
 def _local_maxima(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -92,8 +93,8 @@ def output_to_notes_polyphonic(
     peak_thresh_mat[peaks] = onsets[peaks]
     onset_idx = np.where(peak_thresh_mat >= onset_thresh)
 
-    remaining_energy = np.zeros(frames.shape)
-    remaining_energy[:, :] = frames[:, :]
+    # float64, as theirs; column-major, since every walk and maximum runs along one pitch.
+    remaining_energy = np.array(frames, dtype=np.float64, order="F")
     # Onsets backwards in time, each held while the energy lasts; then (melodia trick)
     # notes without an onset, grown outward from the strongest energy left.
     note_events = _onset_notes(
@@ -108,11 +109,27 @@ def output_to_notes_polyphonic(
 
 def _clear(energy: np.ndarray, rows, freq_idx: int) -> None:
     """Zero a pitch's energy over `rows`, and its neighbours' a semitone either side."""
-    energy[rows, freq_idx] = 0
-    if freq_idx < MAX_FREQ_IDX:
-        energy[rows, freq_idx + 1] = 0
-    if freq_idx > 0:
-        energy[rows, freq_idx - 1] = 0
+    energy[rows, max(freq_idx - 1, 0) : min(freq_idx + 1, MAX_FREQ_IDX) + 1] = 0
+
+
+def _walk(col: np.ndarray, i: int, stop: int, *, step: int, thresh: float, tol: int):
+    """basic-pitch's walk along one pitch: from frame i towards `stop` (exclusive) in
+    steps of `step` (+1 or -1) until the energy has stayed under `thresh` for `tol`
+    frames. (i, k): the first frame not visited and the run of quiet frames it ended on.
+
+    Their loop reads one numpy element per frame; this reads the column in chunks as
+    Python floats, which is the same comparisons at a fraction of the cost.
+    """
+    k, chunk = 0, 16
+    while (i < stop if step > 0 else i > stop) and k < tol:
+        end = min(i + chunk, stop) if step > 0 else max(i - chunk, stop)
+        for x in col[i:end:step].tolist():
+            k = k + 1 if x < thresh else 0
+            i += step
+            if k >= tol:
+                break
+        chunk *= 4
+    return i, k
 
 
 def _onset_notes(onset_idx, frames, remaining_energy, frame_thresh, min_note_len, *, energy_tol):
@@ -122,11 +139,10 @@ def _onset_notes(onset_idx, frames, remaining_energy, frame_thresh, min_note_len
         if note_start_idx >= n_frames - 1:
             continue
         # Walk forward until the energy has stayed under the threshold for energy_tol frames.
-        i = note_start_idx + 1
-        k = 0
-        while i < n_frames - 1 and k < energy_tol:
-            k = k + 1 if remaining_energy[i, freq_idx] < frame_thresh else 0
-            i += 1
+        col = remaining_energy[:, freq_idx]
+        i, k = _walk(
+            col, note_start_idx + 1, n_frames - 1, step=1, thresh=frame_thresh, tol=energy_tol
+        )
         i -= k
         if i - note_start_idx <= min_note_len:
             continue
@@ -136,26 +152,35 @@ def _onset_notes(onset_idx, frames, remaining_energy, frame_thresh, min_note_len
     return note_events
 
 
+def _argmax(energy: np.ndarray, col_max: np.ndarray) -> tuple[int, int]:
+    """np.unravel_index(np.argmax(energy)) from per-column maxima: the first maximum in
+    row-major order, i.e. the lowest frame, then the lowest pitch."""
+    cols = np.flatnonzero(col_max == col_max.max())
+    rows = [int(np.argmax(energy[:, c])) for c in cols]
+    row = min(rows)
+    return row, int(cols[rows.index(row)])
+
+
 def _melodia_notes(frames, remaining_energy, frame_thresh, min_note_len, energy_tol):
     n_frames = frames.shape[0]
     note_events = []
-    while np.max(remaining_energy) > frame_thresh:
-        i_mid, freq_idx = np.unravel_index(np.argmax(remaining_energy), remaining_energy.shape)
+    # Their loop scans the whole array twice per note (max, argmax); each note only
+    # changes three pitches, so per-pitch maxima are kept and those three recomputed.
+    col_max = remaining_energy.max(axis=0)
+    while col_max.max() > frame_thresh:  # NaN anywhere ends it, as np.max does theirs
+        i_mid, freq_idx = _argmax(remaining_energy, col_max)
         remaining_energy[i_mid, freq_idx] = 0
-        i = i_mid + 1
-        k = 0
-        while i < n_frames - 1 and k < energy_tol:
-            k = k + 1 if remaining_energy[i, freq_idx] < frame_thresh else 0
-            _clear(remaining_energy, i, freq_idx)
-            i += 1
+        col = remaining_energy[:, freq_idx]
+        # Each frame walked is read, then cleared; a clear never reaches a frame still
+        # to be read, so reading first and clearing the walked span after is the same.
+        i, k = _walk(col, i_mid + 1, n_frames - 1, step=1, thresh=frame_thresh, tol=energy_tol)
+        _clear(remaining_energy, slice(i_mid + 1, i), freq_idx)
         i_end = i - 1 - k
-        i = i_mid - 1
-        k = 0
-        while i > 0 and k < energy_tol:
-            k = k + 1 if remaining_energy[i, freq_idx] < frame_thresh else 0
-            _clear(remaining_energy, i, freq_idx)
-            i -= 1
+        i, k = _walk(col, i_mid - 1, 0, step=-1, thresh=frame_thresh, tol=energy_tol)
+        _clear(remaining_energy, slice(i + 1, i_mid), freq_idx)
         i_start = i + 1 + k
+        lo, hi = max(freq_idx - 1, 0), min(freq_idx + 1, MAX_FREQ_IDX) + 1
+        col_max[lo:hi] = remaining_energy[:, lo:hi].max(axis=0)
         if i_end - i_start <= min_note_len:
             continue
         amplitude = np.mean(frames[i_start:i_end, freq_idx])
