@@ -164,7 +164,7 @@ def model_alone(data: list[bytes], requests: int, device: str) -> float:
 
 def print_row(name: str, r: dict) -> None:
     print(
-        f"{name:34s} {r['rps']:6.2f} req/s  p50 {r['p50']:6.2f} s  p95 {r['p95']:6.2f} s  "
+        f"{name:40s} {r['rps']:6.2f} req/s  p50 {r['p50']:6.2f} s  p95 {r['p95']:6.2f} s  "
         f"p99 {r['p99']:6.2f} s  errors {r['errors']}"
     )
 
@@ -216,7 +216,7 @@ def compare(args: argparse.Namespace) -> None:
           f"concurrency {args.concurrency}, {cpus} CPUs, {len(rounds)} rounds")  # fmt: skip
     for i, (base, ours) in enumerate(rounds, 1):
         print_row(f"round {i}: baseline FastAPI + predict()", base)
-        print_row(f"round {i}: midiforge Serve", ours)
+        print_row(f"round {i}: midiforge Serve (serve/config.yaml)", ours)
     ratios = [o["rps"] / b["rps"] for b, o in rounds]
     p99 = ", ".join(f"{o['p99']:.2f} vs {b['p99']:.2f} s" for b, o in rounds)
     each = ", ".join(f"{r:.2f}" for r in ratios)
