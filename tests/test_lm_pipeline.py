@@ -199,6 +199,30 @@ def test_evaluate_writes_results_for_every_config(exported, lm_dataset, tmp_path
     assert {"rules_vs_base", "rules_vs_lora", "base_vs_lora"} <= set(data["wilcoxon"])
     assert (tmp_path / "results.md").is_file() and (tmp_path / "results.png").is_file()
     assert res["configs"]["lora"]["pch_kl"] == data["configs"]["lora"]["pch_kl"]
+    assert (data["split"], data["temperature"], data["top_p"]) == ("test", 1.0, 0.95)
+
+
+def test_evaluate_on_val_with_other_sampling(exported, lm_dataset, tmp_path):
+    """--split val scores against the val pieces (for choosing settings without touching
+    test); the sampling settings reach the neural models, not the rule-based one."""
+    from midiforge.lm.evaluate import evaluate, reference_rows
+
+    ds = str(lm_dataset / "dataset")
+    kw = {"n": 4, "bars": 4, "models_root": exported, "split": "val"}
+    plain = evaluate(["rules", "lora"], ds, "fiddle", out=str(tmp_path / "a"), **kw)
+    cool = evaluate(["rules", "lora"], ds, "fiddle", out=str(tmp_path / "b"), temperature=0.5,
+                    top_p=0.8, **kw)  # fmt: skip
+    val = reference_rows(ds, "fiddle", "val")
+    assert plain["reference_pieces"] == len(val)
+    assert {r["piece_id"] for r in val}.isdisjoint(
+        r["piece_id"] for r in reference_rows(ds, "fiddle", "test")
+    )
+    assert "val split" in (tmp_path / "b" / "results.md").read_text()
+    assert "temperature 0.5, top-p 0.8" in (tmp_path / "b" / "results.md").read_text()
+    assert plain["per_piece"]["rules"] == cool["per_piece"]["rules"]
+    assert plain["per_piece"]["lora"] != cool["per_piece"]["lora"]
+    # perplexity is the model's on the split's tokens, whatever the sampling
+    assert plain["configs"]["lora"]["perplexity"] == cool["configs"]["lora"]["perplexity"]
 
 
 def _kill_group(proc: subprocess.Popen) -> None:

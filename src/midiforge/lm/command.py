@@ -178,6 +178,14 @@ def add_evaluate(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n", type=int, default=100, help="melodies per configuration")
     p.add_argument("--bars", type=int, default=16)
     p.add_argument("--out", required=True, help="folder for results.json/.md/.png")
+    p.add_argument(
+        "--split",
+        choices=("test", "val"),
+        default="test",
+        help="reference pieces: the held-out test split, or val for choosing settings",
+    )
+    p.add_argument("--temperature", type=float, default=1.0, help="neural models' sampling")
+    p.add_argument("--top-p", type=float, default=0.95, help="neural models' nucleus")
     _common(p)
 
 
@@ -193,6 +201,9 @@ def run_evaluate(args: argparse.Namespace, overrides: list[str]) -> int:
         out=args.out,
         models_root=args.models_root,
         seed=args.seed or 0,
+        split=args.split,
+        temperature=args.temperature,
+        top_p=args.top_p,
     )
     for name, m in results["configs"].items():
         ppl = "-" if m["perplexity"] is None else f"{m['perplexity']:.2f}"

@@ -1,10 +1,12 @@
 """`midiforge lm evaluate`: generate N melodies per configuration and score them against
-the style's held-out test split (metrics defined in lm.metrics).
+the style's held-out test split, or its val split for choosing settings (metrics defined
+in lm.metrics).
 
 Sample i of every configuration uses the same condition and seed: the key, tempo and
-time signature of test piece i (cycling), seed + i. That pairing is what the Wilcoxon
+time signature of reference piece i (cycling), seed + i. That pairing is what the Wilcoxon
 signed-rank tests in results.json rely on. Perplexity is each neural model's on the test
-split's tokens (its own conditioning prefix given, never scored).
+split's tokens (its own conditioning prefix given, never scored). The neural models
+sample with the given temperature and top-p; the rule-based generator has neither.
 """
 
 from __future__ import annotations
@@ -29,8 +31,9 @@ def _bar_seconds(bpm: float, time_signature: str) -> float:
     return quarters * 60.0 / (bpm or 120.0)
 
 
-def reference_rows(dataset: str, style: str) -> list[dict[str, Any]]:
-    """The style's test split, original copies only (augmented copies are not the music)."""
+def reference_rows(dataset: str, style: str, split: str = "test") -> list[dict[str, Any]]:
+    """The style's pieces in `split`, original copies only (augmented copies are not the
+    music)."""
     import json
 
     import pyarrow.dataset as pads
@@ -40,7 +43,7 @@ def reference_rows(dataset: str, style: str) -> list[dict[str, Any]]:
     fs, base = _filesystem(dataset)
     ds = pads.dataset(f"{base}/dataset", filesystem=fs, format="parquet", partitioning="hive")
     cols = ["piece_id", "style", "key", "bpm", "time_signature", "augmentation", "midi", "tokens"]
-    flt = (pads.field("split") == "test") & (pads.field("style") == style)
+    flt = (pads.field("split") == split) & (pads.field("style") == style)
     rows = [
         r
         for r in ds.to_table(columns=cols, filter=flt).to_pylist()
@@ -48,7 +51,7 @@ def reference_rows(dataset: str, style: str) -> list[dict[str, Any]]:
     ]
     rows.sort(key=lambda r: r["piece_id"])
     if not rows:
-        raise DataError(f"{dataset}: no test pieces of style {style!r}")
+        raise DataError(f"{dataset}: no {split} pieces of style {style!r}")
     return rows
 
 
@@ -78,10 +81,14 @@ def evaluate(  # noqa: PLR0917 - mirrors the command's flags
     out: str,
     models_root: str | None = None,
     seed: int = 0,
+    *,
+    split: str = "test",
+    temperature: float = 1.0,
+    top_p: float = 0.95,
 ) -> dict[str, Any]:
     from midiforge.lm.generate import GenerateRequest, Generator
 
-    rows = reference_rows(dataset, style)
+    rows = reference_rows(dataset, style, split)
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer = lm_data.load_tokenizer(dataset, tmp)
     inv = {v: k for k, v in tokenizer.vocab.items()}
@@ -106,6 +113,7 @@ def evaluate(  # noqa: PLR0917 - mirrors the command's flags
                 style=cond_style, key=r["key"], bpm=round(_bpm(r)), bars=bars,
                 time_signature=timesigs[i % len(rows)],
                 programs=programs.get(cond_style), seed=seed + i,
+                temperature=temperature, top_p=top_p,
             )  # fmt: skip
             res = gen.generate(req)
             pieces.append(_piece(res.midi, _bar_seconds(req.bpm, req.time_signature), req.key))
@@ -117,7 +125,8 @@ def evaluate(  # noqa: PLR0917 - mirrors the command's flags
     results = metrics.evaluate_configs(reference, configs, perplexity)
     results = {"style": style, **results, "conditioning": conditioning, "bars": bars,
                "programs": {name: programs.get(s) for name, s in conditioning.items()},
-               "reference_pieces": len(reference), "seed": seed}  # fmt: skip
+               "reference_pieces": len(reference), "seed": seed, "split": split,
+               "temperature": temperature, "top_p": top_p}  # fmt: skip
     Path(out).mkdir(parents=True, exist_ok=True)
     metrics.write_results(results, out)
     return results

@@ -474,7 +474,15 @@ def _cell(value: Any, fmt: str = ".4g") -> str:
 def _markdown(results: dict[str, Any]) -> str:
     header = ["config", *CONFIG_METRICS]
     lines = [
-        f"# Generation evaluation (n = {results['n']} per config)",
+        f"# Generation evaluation (n = {results['n']} per config"
+        + (f", {results['split']} split" if "split" in results else "")
+        + (
+            f"; neural models sample at temperature {results['temperature']:g}, "
+            f"top-p {results['top_p']:g}"
+            if "temperature" in results
+            else ""
+        )
+        + ")",
         "",
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),
