@@ -127,8 +127,8 @@ def pipeline(files: list[Path], batch: int, device: str, overrides: list[str]) -
     return times
 
 
-def one_round(files, clips, model_path: str, many: list[Path], args) -> dict[str, float]:
-    """Every figure once, back to back (audio-s per wall-s)."""
+def one_round(files, clips, model_path: str, many: list[Path], args) -> dict:
+    """Every figure once, back to back: audio-s per wall-s, and the provider's name."""
     from midiforge import audio
 
     total = sum(len(c) for c in clips) / audio.TRANSCRIPTION_SR

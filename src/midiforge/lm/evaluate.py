@@ -4,7 +4,7 @@ in lm.metrics).
 
 Sample i of every configuration uses the same condition and seed: the key, tempo and
 time signature of reference piece i (cycling), seed + i. That pairing is what the Wilcoxon
-signed-rank tests in results.json rely on. Perplexity is each neural model's on the test
+signed-rank tests in results.json rely on. Perplexity is each neural model's on the same
 split's tokens (its own conditioning prefix given, never scored). The neural models
 sample with the given temperature and top-p; the rule-based generator has neither.
 """

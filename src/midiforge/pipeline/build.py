@@ -198,9 +198,11 @@ def process_inputs(cfg: DatasetConfig, todo: list[Input], checks) -> None:
             work.write_work(batch, cfg.out)
     except ray.exceptions.GetTimeoutError as e:
         c = cfg.compute
+        pools = [("transcribe", c.transcribe)]
+        if cfg.separator != "none":
+            pools.append(("separate", c.separate))
         sizes = ", ".join(
-            f"{name} {s.actors} x ({s.num_cpus:g} CPU, {s.num_gpus:g} GPU)"
-            for name, s in (("transcribe", c.transcribe), ("separate", c.separate))
+            f"{name} {s.actors} x ({s.num_cpus:g} CPU, {s.num_gpus:g} GPU)" for name, s in pools
         )
         have = {k: v for k, v in ray.cluster_resources().items() if k in ("CPU", "GPU")}
         raise cfgmod.ConfigError(
