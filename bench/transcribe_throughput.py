@@ -127,11 +127,8 @@ def pipeline(files: list[Path], batch: int, device: str, overrides: list[str]) -
     return times
 
 
-def one_round(files, clips, model_path: str, many: list[Path], args) -> dict:
+def one_round(files, clips, model_path: str, many: list[Path], args, *, total: float) -> dict:
     """Every figure once, back to back: audio-s per wall-s, and the provider's name."""
-    from midiforge import audio
-
-    total = sum(len(c) for c in clips) / audio.TRANSCRIPTION_SR
     n, batch = args.repeat, args.batch_windows
     fig = {"baseline": total / baseline(files, model_path)}
     # The ceiling is the better of one session on every core and one single-threaded
@@ -193,7 +190,9 @@ def main() -> None:
     # ratio of two figures measured minutes apart says more about the drift than about
     # the pipeline. So every figure is measured in each round, back to back, and each
     # ratio is taken within a round; the medians over rounds are the result.
-    rounds = [one_round(files, clips, model_path, many, args) for _ in range(args.rounds)]
+    rounds = [
+        one_round(files, clips, model_path, many, args, total=total) for _ in range(args.rounds)
+    ]
     size = f"{args.repeat} x {total:.0f} s of audio per figure"
     print(f"{len(rounds)} rounds, {size}; audio-s per wall-s (model actors' start-up included)")
     cols = ("baseline", "ceiling", "layout1", f"layout{os.cpu_count()}", "warm", "cold")

@@ -184,8 +184,10 @@ def add_evaluate(p: argparse.ArgumentParser) -> None:
         default="test",
         help="reference pieces: the held-out test split, or val for choosing settings",
     )
-    p.add_argument("--temperature", type=float, default=1.0, help="neural models' sampling")
-    p.add_argument("--top-p", type=float, default=0.95, help="neural models' nucleus")
+    p.add_argument(
+        "--temperature", type=float, help="neural models' sampling (default: generate's)"
+    )
+    p.add_argument("--top-p", type=float, help="neural models' nucleus (default: generate's)")
     _common(p)
 
 

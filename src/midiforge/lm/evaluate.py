@@ -83,11 +83,14 @@ def evaluate(  # noqa: PLR0917 - mirrors the command's flags
     seed: int = 0,
     *,
     split: str = "test",
-    temperature: float = 1.0,
-    top_p: float = 0.95,
+    temperature: float | None = None,
+    top_p: float | None = None,
 ) -> dict[str, Any]:
     from midiforge.lm.generate import GenerateRequest, Generator
 
+    # None: the sampling `midiforge generate` and Serve use by default
+    temperature = GenerateRequest.temperature if temperature is None else temperature
+    top_p = GenerateRequest.top_p if top_p is None else top_p
     rows = reference_rows(dataset, style, split)
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer = lm_data.load_tokenizer(dataset, tmp)

@@ -471,18 +471,21 @@ def _cell(value: Any, fmt: str = ".4g") -> str:
     return format(value, fmt) if isinstance(value, int | float) else str(value)
 
 
+def _setting(results: dict[str, Any]) -> str:
+    """', test split; neural models sample at ...' when the caller recorded them."""
+    text = f", {results['split']} split" if "split" in results else ""
+    if "temperature" in results:
+        text += (
+            f"; neural models sample at temperature {results['temperature']:g}, "
+            f"top-p {results['top_p']:g}"
+        )
+    return text
+
+
 def _markdown(results: dict[str, Any]) -> str:
     header = ["config", *CONFIG_METRICS]
     lines = [
-        f"# Generation evaluation (n = {results['n']} per config"
-        + (f", {results['split']} split" if "split" in results else "")
-        + (
-            f"; neural models sample at temperature {results['temperature']:g}, "
-            f"top-p {results['top_p']:g}"
-            if "temperature" in results
-            else ""
-        )
-        + ")",
+        f"# Generation evaluation (n = {results['n']} per config{_setting(results)})",
         "",
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),

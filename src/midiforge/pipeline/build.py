@@ -57,8 +57,7 @@ def _map(ds, fn, c: StageCompute, **kw):
     if c.num_gpus:
         args["num_gpus"] = c.num_gpus
     if isinstance(fn, type):
-        hi = max(c.actors, c.max_actors)
-        args["compute"] = ray.data.ActorPoolStrategy(min_size=c.actors, max_size=hi)
+        args["compute"] = ray.data.ActorPoolStrategy(min_size=c.actors, max_size=c.pool_size)
     else:
         size = c.max_tasks or max(2, int(ray.cluster_resources().get("CPU", 0)))
         args["compute"] = ray.data.TaskPoolStrategy(size=size)
@@ -137,13 +136,16 @@ def plan_inputs(cfg: DatasetConfig, todo: list[Input], checks):
     if fused and not sep_format:
         # The transcription actors' resources and pool size: Ray Data then runs decoding
         # in those actors (see Compute.fuse_cpu_stages).
-        pool = max(c.transcribe.actors, c.transcribe.max_actors)
-        decode = dataclasses.replace(c.decode, num_cpus=c.transcribe.num_cpus, max_tasks=pool)
+        pool = c.transcribe.pool_size
+        batch_size = c.decode.batch_size
         if c.transcribe.batch_size:
             # Each actor then takes whole blocks (see balanced_blocks).
             blocks = balanced_blocks(len(todo), pool, c.transcribe.batch_size)
-            decode = dataclasses.replace(decode, batch_size=None)
+            batch_size = None
             transcribe = dataclasses.replace(transcribe, batch_size=None)
+        decode = dataclasses.replace(
+            c.decode, num_cpus=c.transcribe.num_cpus, max_tasks=pool, batch_size=batch_size
+        )
     ds = ray.data.from_items(_input_rows(todo), override_num_blocks=blocks)
     ds = _map(
         ds,

@@ -27,6 +27,11 @@ class StageCompute:
     max_tasks: int = 0
     threads: int = 0  # model stages: torch/onnxruntime threads; 0 = num_cpus (at least 1)
 
+    @property
+    def pool_size(self) -> int:
+        """The most actors a class stage runs at once."""
+        return max(self.actors, self.max_actors)
+
 
 @dataclass
 class Compute:
