@@ -98,6 +98,20 @@ def ceiling(
     return max(e for _, e, _ in spans) - min(s for s, _, _ in spans), spans[0][2]
 
 
+def _wait_for_map_workers_to_exit(timeout_s: float = 30.0) -> None:
+    """A Ray Data run ends by killing its actors, and their processes take a second or
+    two to exit (~0.5 CPU-s of teardown each): the warm run starts on a quiet machine, as
+    a job after another's end would, not beside the cold run's teardown."""
+    import psutil  # installed with peft
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        procs = psutil.process_iter(["cmdline"])
+        if not any("ray::MapWorker" in " ".join(p.info["cmdline"] or []) for p in procs):
+            return
+        time.sleep(0.1)
+
+
 def pipeline(files: list[Path], batch: int, device: str, overrides: list[str]) -> list[float]:
     """Seconds from submitting the Ray Data pipeline to its last work file, twice on one
     Ray: first cold (Ray Data also starts its cluster-wide actors: stats, autoscaling,
@@ -114,6 +128,7 @@ def pipeline(files: list[Path], batch: int, device: str, overrides: list[str]) -
     connect(None)
     times = []
     for _ in range(2):
+        _wait_for_map_workers_to_exit()
         out = tempfile.mkdtemp(prefix="bench-pipeline-")
         cfg = cfgmod.load(DatasetConfig, None, [*overrides, f"--batch_windows={batch}"],
                           audio=[str(f) for f in files], style_from_folder=True, out=out,

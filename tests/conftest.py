@@ -15,10 +15,12 @@ import pytest
 
 @pytest.fixture(autouse=True)
 def _isolated_home(tmp_path_factory, monkeypatch):
-    """Keep the registry default and model cache out of the user's home."""
+    """Keep the registry default and the model and compiled-model caches out of the
+    user's home."""
     home = tmp_path_factory.mktemp("home")
     monkeypatch.setenv("MIDIFORGE_MODELS", str(home / "models"))
     monkeypatch.setenv("MIDIFORGE_CACHE", str(home / "cache"))
+    monkeypatch.setenv("MIDIFORGE_OPENVINO_CACHE", str(home / "openvino"))
 
 
 def free_port() -> int:

@@ -58,6 +58,43 @@ def test_audio_rows_come_out_transcribed_validated_tokenized(through_postprocess
     assert "audio" not in through_postprocess and "note" not in through_postprocess
 
 
+_ACTOR = """
+import pickle, sys
+from midiforge.pipeline import stages
+postprocess_args, batch = pickle.load(open(sys.argv[1], "rb"))
+out = stages.rows_of(stages.Postprocess(*postprocess_args)(batch))
+print([r["key"] for r in out], "music21" in sys.modules)
+"""
+
+
+@pytest.mark.parametrize("from_driver", [True, False])
+def test_postprocess_actors_validate_with_the_drivers_key_profiles(
+    tiny_corpus, tmp_path, from_driver
+):
+    """An actor given music21's key profiles by the driver (as the pipeline does) finds
+    the same keys without importing music21 (~0.4 s of every actor's start-up)."""
+    import pickle
+    import subprocess
+    import sys
+
+    from midiforge.symbolic import validate
+
+    cfg = DatasetConfig()
+    mids = sorted((tiny_corpus / "midi").rglob("*.mid"))
+    batch = stages.load_inputs(input_batch([str(m) for m in mids], "midi"), cfg.limits)
+    profiles = validate.music21_key_profiles() if from_driver else None
+    args = (cfg.notes, cfg.validate, cfg.tokenizer, "{}", profiles)
+    (tmp_path / "args.pkl").write_bytes(pickle.dumps((args, batch)))
+    run = subprocess.run(
+        [sys.executable, "-c", _ACTOR, str(tmp_path / "args.pkl")],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    keys, imported = run.stdout.strip().rsplit(" ", 1)
+    expected = [validate.analyze(m.read_bytes())["key"] for m in mids]
+    assert keys == str(expected)
+    assert imported == str(not from_driver)
+
+
 def test_work_table_matches_the_contract(through_postprocess, tmp_path):
     table = work.to_work_table(through_postprocess)
     assert table.schema == schema.WORK

@@ -53,6 +53,31 @@ def test_notes_equal_basic_pitch_predict(tiny_corpus, onset, frame, device):
         np.testing.assert_array_equal(ours, theirs)
 
 
+@ON_X86
+def test_openvino_reuses_its_compiled_model_with_the_same_outputs(tmp_path, monkeypatch):
+    rng = np.random.default_rng(0)
+    win = rng.standard_normal((3, bp.AUDIO_N_SAMPLES, 1)).astype(np.float32)
+
+    def outputs(cache: str) -> dict[str, np.ndarray]:
+        monkeypatch.setenv("MIDIFORGE_OPENVINO_CACHE", cache)
+        runner = OnnxTranscriber(registry.stock_model_path(), device="openvino")
+        return runner.run_windows(win)
+
+    fresh = outputs("")  # cache off: compiled in this session
+    cache = tmp_path / "ov"
+    first = outputs(str(cache))
+    blobs = list(cache.iterdir())
+    assert len(blobs) == 1 and blobs[0].stat().st_size > 100_000
+    mtime = blobs[0].stat().st_mtime_ns
+    second = outputs(str(cache))  # loaded from the blob, not compiled again
+    assert [(b.name, b.stat().st_mtime_ns) for b in cache.iterdir()] == [(blobs[0].name, mtime)]
+    (tmp_path / "file").write_text("")
+    unusable = outputs(str(tmp_path / "file" / "ov"))  # cannot be created: cache off
+    for k in fresh:
+        for other in (first, second, unusable):
+            np.testing.assert_array_equal(other[k], fresh[k])
+
+
 def test_not_a_basic_pitch_model_is_refused(tmp_path):
     import onnx
     from onnx import TensorProto, helper

@@ -21,6 +21,7 @@ from midiforge.pipeline import report, schema, stages, work
 from midiforge.pipeline.config import DatasetConfig, StageCompute
 from midiforge.pipeline.inputs import Input, _filesystem, list_inputs
 from midiforge.pipeline.split import SPLITS, Expand, assign_splits
+from midiforge.symbolic import validate
 from midiforge.transcription.notes import model_decoding
 
 log = logging.getLogger(__name__)
@@ -170,7 +171,9 @@ def plan_inputs(cfg: DatasetConfig, todo: list[Input], checks):
     transcribe_args = (model_path, cfg.device, cfg.batch_windows, _threads(c.transcribe))
     # Thresholds the config leaves unset are the transcriber's own (its decoding.yaml).
     notes_cfg = cfg.notes.resolve(model_decoding(model_path))
-    postprocess_args = (notes_cfg, cfg.validate, cfg.tokenizer, models)
+    # music21's key profiles, read here once rather than in every actor (see validate).
+    key_profiles = validate.music21_key_profiles()
+    postprocess_args = (notes_cfg, cfg.validate, cfg.tokenizer, models, key_profiles)
     if fused:
         ds = _map(
             ds,
@@ -234,7 +237,14 @@ def _write_dataset(cfg: DatasetConfig, splits: dict[str, str]) -> None:
         ds,
         Expand,
         cfg.compute.augment,
-        fn_constructor_args=(splits, cfg.augment_splits, cfg.augment, cfg.tokenizer, cfg.seed),
+        fn_constructor_args=(
+            splits,
+            cfg.augment_splits,
+            cfg.augment,
+            cfg.tokenizer,
+            cfg.seed,
+            validate.music21_key_profiles(),
+        ),
         batch_format="pyarrow",
     )
     ds.write_parquet(target, filesystem=fs, partition_cols=["split"])

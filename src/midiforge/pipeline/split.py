@@ -67,8 +67,10 @@ def expand(
     aug_cfg,
     tokenizer,
     seed: int,
+    key_profiles=None,
 ) -> pa.Table:
-    """Work rows (accepted) -> dataset rows: each piece once, plus its augmented copies."""
+    """Work rows (accepted) -> dataset rows: each piece once, plus its augmented copies.
+    key_profiles: as for `validate.analyze`."""
     from midiforge.symbolic import augment, tokenize, validate
 
     out: list[dict] = []
@@ -84,7 +86,7 @@ def expand(
             if reason:
                 dropped += 1  # a copy the tokenizer cannot hold is left out, not the piece
                 continue
-            stats = validate.analyze(midi)
+            stats = validate.analyze(midi, key_profiles=key_profiles)
             row = {**base, **{k: stats[k] for k in schema.DATASET.names if k in stats}}
             row.update(
                 split=split, augmentation=json.dumps(applied), midi=midi, tokens=ids.tolist()
@@ -98,7 +100,9 @@ def expand(
 class Expand:
     """map_batches wrapper (pyarrow batches): one tokenizer per actor."""
 
-    def __init__(self, splits, augment_splits, aug_cfg, tokenizer_settings, seed) -> None:
+    def __init__(  # noqa: PLR0917 - Ray Data passes fn_constructor_args positionally
+        self, splits, augment_splits, aug_cfg, tokenizer_settings, seed, key_profiles=None
+    ) -> None:
         from midiforge.symbolic.tokenize import make_tokenizer
 
         self.kwargs = {
@@ -107,6 +111,7 @@ class Expand:
             "aug_cfg": aug_cfg,
             "tokenizer": make_tokenizer(tokenizer_settings),
             "seed": seed,
+            "key_profiles": key_profiles,
         }
 
     def __call__(self, table: pa.Table) -> pa.Table:

@@ -216,8 +216,11 @@ _EMPTY_STATS = {
 }
 
 
-def postprocess(batch: Batch, note_cfg, validate_cfg, tokenizer, models_json: str) -> Batch:
-    """Model outputs -> notes -> MIDI; then validate and tokenize every surviving row."""
+def postprocess(
+    batch: Batch, note_cfg, validate_cfg, tokenizer, models_json: str, *, key_profiles=None
+) -> Batch:
+    """Model outputs -> notes -> MIDI; then validate and tokenize every surviving row.
+    key_profiles: `validate.music21_key_profiles()`, read on the driver (None: here)."""
     from midiforge.symbolic import tokenize, validate
     from midiforge.transcription.notes import decode_notes
 
@@ -243,7 +246,7 @@ def postprocess(batch: Batch, note_cfg, validate_cfg, tokenizer, models_json: st
             vcfg = dataclasses.replace(
                 vcfg, overlap_tolerance_s=vcfg.overlap_tolerance_transcribed_s
             )
-        stats, reason, detail = validate.assess(r["midi"], vcfg)
+        stats, reason, detail = validate.assess(r["midi"], vcfg, key_profiles=key_profiles)
         if stats:
             r.update({k: stats[k] for k in STAT_KEYS})
         if reason:
@@ -263,13 +266,16 @@ def postprocess(batch: Batch, note_cfg, validate_cfg, tokenizer, models_json: st
 class Postprocess:
     """map_batches wrapper: builds the tokenizer once per actor."""
 
-    def __init__(self, note_cfg, validate_cfg, tokenizer_settings, models_json: str) -> None:
+    def __init__(
+        self, note_cfg, validate_cfg, tokenizer_settings, models_json: str, key_profiles=None
+    ) -> None:
         from midiforge.symbolic.tokenize import make_tokenizer
 
         self.args = (note_cfg, validate_cfg, make_tokenizer(tokenizer_settings), models_json)
+        self.key_profiles = key_profiles
 
     def __call__(self, batch: Batch) -> Batch:
-        return postprocess(batch, *self.args)
+        return postprocess(batch, *self.args, key_profiles=self.key_profiles)
 
 
 class TranscribeAndPostprocess:

@@ -94,9 +94,11 @@ class ValidateConfig:
 
 
 @functools.cache
-def _key_profiles() -> np.ndarray:
+def music21_key_profiles() -> np.ndarray:
     """(24, 12): row k is the profile of key k (major C..B, then minor C..B) indexed by
-    absolute pitch class, i.e. music21's weights rotated to each tonic."""
+    absolute pitch class, i.e. music21's Krumhansl-Schmuckler weights rotated to each
+    tonic. The dataset job reads them once on its driver and hands them to its actors
+    (`key_profiles=` below): importing music21 costs each actor ~0.4 s of start-up."""
     from music21.analysis.discrete import KrumhanslSchmuckler
 
     ks = KrumhanslSchmuckler()
@@ -108,13 +110,16 @@ def _key_profiles() -> np.ndarray:
     return np.stack(rows)
 
 
-def estimate_key(pc_histogram: np.ndarray) -> tuple[int, str, float]:
+def estimate_key(
+    pc_histogram: np.ndarray, profiles: np.ndarray | None = None
+) -> tuple[int, str, float]:
     """(tonic pitch class, mode, correlation) of the best-correlated of the 24 keys.
 
     Pearson correlation of the histogram with each rotated profile, as music21 does; a
     flat or empty histogram correlates 0 with everything and comes out as C major.
+    profiles: `music21_key_profiles()`'s table (read here when not given).
     """
-    profiles = _key_profiles()
+    profiles = music21_key_profiles() if profiles is None else profiles
     hist = np.asarray(pc_histogram, dtype=np.float64) - np.mean(pc_histogram)
     prof = profiles - profiles.mean(axis=1, keepdims=True)
     denom = np.sqrt((prof**2).sum(axis=1) * (hist**2).sum())
@@ -166,14 +171,17 @@ def _first_time_signature(pm: Any) -> str:
     return f"{ts.numerator}/{ts.denominator}"
 
 
-def analyze(midi: bytes, overlap_tolerance_s: float = 0.05) -> dict[str, Any]:
+def analyze(
+    midi: bytes, overlap_tolerance_s: float = 0.05, *, key_profiles: np.ndarray | None = None
+) -> dict[str, Any]:
     """Musical statistics of a MIDI file (drum tracks excluded).
 
     Keys: key ('G major', 'E minor'; '' without notes), key_confidence (correlation of
     the chosen key profile), bpm (first tempo; the MIDI default 120 if none), time_signature
     (first one, '4/4' if none), n_notes, pitch_min, pitch_max, out_of_key_ratio (by note
     count), max_polyphony, duration_s (last pitched note-off).
-    Raises ValueError only if the bytes are not readable MIDI.
+    Raises ValueError only if the bytes are not readable MIDI. key_profiles: see
+    `estimate_key`.
     """
     pm = midi_io.load_midi(midi)
     notes = midi_io.notes_array(pm)  # drums excluded
@@ -196,7 +204,8 @@ def analyze(midi: bytes, overlap_tolerance_s: float = 0.05) -> dict[str, Any]:
     pitches = notes[:, 2].astype(np.int64)
     pcs = pitches % 12
     durations = np.maximum(notes[:, 1] - notes[:, 0], 0.0)
-    tonic, mode, corr = estimate_key(np.bincount(pcs, weights=durations, minlength=12))
+    hist = np.bincount(pcs, weights=durations, minlength=12)
+    tonic, mode, corr = estimate_key(hist, key_profiles)
     in_key = np.isin((pcs - tonic) % 12, sorted(SCALES[mode]))
     stats.update(
         key=key_name(tonic, mode),
@@ -253,14 +262,16 @@ def check(stats: dict[str, Any], cfg: ValidateConfig) -> tuple[str | None, str]:
     return None, ""
 
 
-def assess(midi: bytes, cfg: ValidateConfig) -> tuple[dict[str, Any] | None, str | None, str]:
+def assess(
+    midi: bytes, cfg: ValidateConfig, *, key_profiles: np.ndarray | None = None
+) -> tuple[dict[str, Any] | None, str | None, str]:
     """analyze + check for one file, never raising: (stats, reason, detail).
 
     Unreadable bytes give (None, 'midi_unreadable', parser message). Pass a config
     already specialised with `for_style`.
     """
     try:
-        stats = analyze(midi, cfg.overlap_tolerance_s)
+        stats = analyze(midi, cfg.overlap_tolerance_s, key_profiles=key_profiles)
     except ValueError as e:
         return None, "midi_unreadable", str(e)
     reason, detail = check(stats, cfg)
