@@ -52,6 +52,12 @@ _CHUNK = 1 << 20
 _KEEP_VERSIONS = 2  # the current one, and the one a slow reader may still be pulling
 
 
+def cache_home() -> Path:
+    """midiforge's local caches live under this folder (~/.cache/midiforge): registry
+    model copies in models/, OpenVINO's compiled models in openvino/."""
+    return Path.home() / ".cache" / "midiforge"
+
+
 class RegistryError(MidiforgeError, RuntimeError):
     """A registry operation that cannot proceed; the message says why."""
 
@@ -166,9 +172,7 @@ class Registry:
         self.root = root or default_root()
         self.fs, self.base = _open_root(self.root)
         self.cache_dir = Path(
-            cache_dir
-            or os.environ.get("MIDIFORGE_CACHE")
-            or Path.home() / ".cache" / "midiforge" / "models"
+            cache_dir or os.environ.get("MIDIFORGE_CACHE") or cache_home() / "models"
         )
 
     # --- paths -----------------------------------------------------------------

@@ -272,10 +272,10 @@ class Postprocess:
         from midiforge.symbolic.tokenize import make_tokenizer
 
         self.args = (note_cfg, validate_cfg, make_tokenizer(tokenizer_settings), models_json)
-        self.key_profiles = key_profiles
+        self.kwargs = {"key_profiles": key_profiles}
 
     def __call__(self, batch: Batch) -> Batch:
-        return postprocess(batch, *self.args, key_profiles=self.key_profiles)
+        return postprocess(batch, *self.args, **self.kwargs)
 
 
 class TranscribeAndPostprocess:

@@ -69,17 +69,15 @@ def openvino_device() -> Any:
 
 def openvino_cache_dir() -> str | None:
     """The folder for OpenVINO's compiled models: $MIDIFORGE_OPENVINO_CACHE (empty turns
-    the cache off), else $XDG_CACHE_HOME/midiforge/openvino (~/.cache by default). None
+    the cache off), else `registry.cache_home()`/openvino (~/.cache/midiforge). None
     when it is off or cannot be created or written: OpenVINO then compiles each time
     (with a folder it cannot create it would fail the session instead)."""
+    from midiforge.registry import cache_home
+
     env = os.environ.get("MIDIFORGE_OPENVINO_CACHE")
     if env == "":
         return None
-    if env is None:
-        base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-        path = Path(base) / "midiforge" / "openvino"
-    else:
-        path = Path(env)
+    path = Path(env) if env is not None else cache_home() / "openvino"
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
