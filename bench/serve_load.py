@@ -149,17 +149,19 @@ def start_serve(port: int, overrides: dict | None = None) -> None:
 
 
 def model_alone(data: list[bytes], requests: int, device: str) -> float:
-    """req/s of the model alone on the same clips' windows (decoded beforehand, batched,
-    one session on every core): the most any server's model stage can reach. Measured by
-    transcribe_throughput's ceiling, over `requests` clips."""
+    """req/s of the model alone on the same clips' windows (decoded beforehand, batched):
+    the most any server's model stage can reach. transcribe_throughput's ceiling over
+    `requests` clips, the better of its two layouts: one session on every core, and one
+    single-threaded session per core (what the Serve replicas run)."""
     from midiforge import audio, registry
     from transcribe_throughput import ceiling  # a sibling script: bench/ is on sys.path
 
     limits = audio.AudioLimits()
     clips = [audio.load_for_transcription(d, limits) for d in data]
     load = [clips[i % len(clips)] for i in range(requests)]
-    seconds, _ = ceiling(load, str(registry.stock_model_path()), 16, device, procs=1, passes=1)
-    return requests / seconds
+    model = str(registry.stock_model_path())
+    layouts = sorted({1, os.cpu_count() or 1})
+    return max(requests / ceiling(load, model, 16, device, procs=n, passes=1)[0] for n in layouts)
 
 
 def print_row(name: str, r: dict) -> None:
