@@ -154,14 +154,13 @@ def model_alone(data: list[bytes], requests: int, device: str) -> float:
     `requests` clips, the better of its two layouts: one session on every core, and one
     single-threaded session per core (what the Serve replicas run)."""
     from midiforge import audio, registry
-    from transcribe_throughput import ceiling  # a sibling script: bench/ is on sys.path
+    from transcribe_throughput import ceiling, layouts  # a sibling script: bench/ is on sys.path
 
     limits = audio.AudioLimits()
     clips = [audio.load_for_transcription(d, limits) for d in data]
     load = [clips[i % len(clips)] for i in range(requests)]
     model = str(registry.stock_model_path())
-    layouts = sorted({1, os.cpu_count() or 1})
-    return max(requests / ceiling(load, model, 16, device, procs=n, passes=1)[0] for n in layouts)
+    return max(requests / ceiling(load, model, 16, device, procs=n, passes=1)[0] for n in layouts())
 
 
 def print_row(name: str, r: dict) -> None:

@@ -68,14 +68,20 @@ def _ceiling_worker(wins: np.ndarray, session: tuple, passes: int, barrier, out)
     out.put((t0, time.perf_counter(), runner.provider))
 
 
+def layouts() -> list[int]:
+    """The `procs` a ceiling is measured with: one session on every core, and one
+    single-threaded session per core. On 2 cores either can win, so a ceiling is the
+    better of the two."""
+    return sorted({1, os.cpu_count() or 1})
+
+
 def ceiling(
     clips: list[np.ndarray], model_path: str, batch: int, device: str, *, procs: int, passes: int
 ):
     """(seconds, provider) for the model alone on every window, `passes` times over: `procs`
-    processes with
-    one session each, the windows split between them, every core in use (1 process: one
-    session on all cores; N: N single-threaded sessions, the layout the pipeline uses).
-    From the moment all are ready to the last one's end."""
+    processes with one session each, the windows split between them, every core in use (1
+    process: one session on all cores; N: N single-threaded sessions, the layout the
+    pipeline uses). From the moment all are ready to the last one's end."""
     import multiprocessing as mp
 
     from midiforge.transcription.runner import windows
@@ -146,10 +152,9 @@ def one_round(files, clips, model_path: str, many: list[Path], args, *, total: f
     """Every figure once, back to back: audio-s per wall-s, and the provider's name."""
     n, batch = args.repeat, args.batch_windows
     fig = {"baseline": total / baseline(files, model_path)}
-    # The ceiling is the better of one session on every core and one single-threaded
-    # session per core (what the pipeline's actors run): on 2 cores either can win. Each
-    # runs over as much audio as the pipeline (--repeat passes).
-    for procs in sorted({1, os.cpu_count() or 1}):
+    # The ceiling is the better of the layouts(); the single-threaded one is what the
+    # pipeline's actors run. Each runs over as much audio as the pipeline (--repeat passes).
+    for procs in layouts():
         t, fig["provider"] = ceiling(clips, model_path, batch, args.device, procs=procs, passes=n)
         fig[f"layout{procs}"] = n * total / t
     fig["ceiling"] = max(v for k, v in fig.items() if k.startswith("layout"))
