@@ -81,3 +81,25 @@ def test_matches_librosa_load(tmp_path):
     ours = audio.load_for_transcription(path.read_bytes(), audio.AudioLimits())
     theirs, _ = librosa.load(str(path), sr=SR, mono=True)
     np.testing.assert_array_equal(ours, theirs)
+
+
+def _flac_declaring(total_samples: int, seconds=2.0, sr=8_000) -> bytes:
+    """A short silent FLAC whose STREAMINFO claims `total_samples` frames (36-bit field)."""
+    data = bytearray(wav(np.zeros((8, int(seconds * sr)), np.float32), sr, fmt="FLAC"))
+    # "fLaC", a 4-byte block header, then STREAMINFO: the count is its bits 108..143.
+    data[21] = (data[21] & 0xF0) | (total_samples >> 32)
+    data[22:26] = (total_samples & 0xFFFFFFFF).to_bytes(4, "big")
+    return bytes(data)
+
+
+def test_declared_length_is_refused_before_decoding():
+    # 2**35 frames of 8 channels would be 1 TiB of float32 once decoded.
+    bomb = _flac_declaring(2**35)
+    assert len(bomb) < 10_000 and sf.info(io.BytesIO(bomb)).frames == 2**35
+    with pytest.raises(audio.AudioError, match="too_long: the header declares"):
+        audio.decode(bomb, max_seconds=600)
+    with pytest.raises(audio.AudioError, match="too_long: the header declares"):
+        audio.decode_checked(bomb, audio.AudioLimits())
+    # An honest header under the limit decodes as before.
+    x, sr = audio.decode(_flac_declaring(16_000), max_seconds=600)
+    assert x.shape == (8, 16_000) and sr == 8_000

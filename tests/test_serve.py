@@ -180,6 +180,53 @@ def test_bad_requests_get_json_errors_and_the_service_survives(server, tiny_corp
         assert (r.status_code, r.json()["error"]) == (503, "not_configured")
 
 
+def _flac(x: np.ndarray, sr: int) -> bytes:
+    buf = io.BytesIO()
+    sf.write(buf, x, sr, format="FLAC")
+    return buf.getvalue()
+
+
+def test_audio_limits_are_json_4xx_before_the_work(server, tiny_corpus):
+    """Too long by its header (refused before decoding), too short to transcribe, too big
+    to read, thresholds out of range: each a JSON 4xx, the service still fine after."""
+    client, _, _ = server
+    # An hour of silence: 90 kB of FLAC, 115 MB once decoded.
+    r = post(client, "transcribe", _flac(np.zeros(3600 * 8_000, np.int16), 8_000))
+    assert (r.status_code, r.json()["error"]) == (422, "audio_too_long"), r.text
+    assert "header declares 3600.0 s" in r.json()["detail"]
+    # 100 samples: at 22,050 Hz, and at 1 MHz (about 2 samples once resampled).
+    for sr in (22_050, 1_000_000):
+        tone = 0.3 * np.sin(np.arange(100) / 5).astype(np.float32)
+        r = post(client, "transcribe", _wav(tone, sr), format="json")
+        assert (r.status_code, r.json()["error"]) == (422, "audio_too_short"), (sr, r.text)
+        assert "minimum 0.1 s" in r.json()["detail"]
+    # Over the limit by more than any multipart framing: refused on Content-Length alone.
+    r = post(client, "transcribe", b"\0" * 13_000_000)
+    assert (r.status_code, r.json()["error"]) == (413, "upload_too_large"), r.text
+    assert "request body" in r.json()["detail"]
+    good = next((tiny_corpus / "audio" / "fiddle").glob("*.wav")).read_bytes()
+    for value in ("inf", "1e309", "10001", "-1"):
+        r = post(client, "transcribe", good, min_note_ms=value)
+        assert (r.status_code, r.json()["error"]) == (422, "invalid_request"), (value, r.text)
+    r = post(client, "transcribe", good, format="json", min_note_ms=10_000)
+    assert r.status_code == 200 and r.json()["notes"] == []  # no note lasts 10 s
+    r = post(client, "transcribe", good, format="json")
+    assert r.status_code == 200 and len(r.json()["notes"]) > 10
+
+
+def test_unknown_model_detail_names_it_without_a_remote_traceback(server, tiny_corpus):
+    client, _, _ = server
+    good = next((tiny_corpus / "audio" / "fiddle").glob("*.wav")).read_bytes()
+    for r in (
+        post(client, "transcribe", good, model="nosuch"),
+        client.post("/v1/generate", json={"model": "nosuch"}, headers=AUTH),
+    ):
+        assert (r.status_code, r.json()["error"]) == (404, "unknown_model"), r.text
+        detail = r.json()["detail"]
+        assert "nosuch" in detail and "Traceback" not in detail and "pid=" not in detail
+        assert "\n" not in detail
+
+
 def _random_lm(models_root: str, name: str) -> None:
     """A tiny untrained language model, exported and registered exactly as `midiforge lm
     export` leaves a trained one: the service's generation path does not care about skill."""
@@ -227,9 +274,17 @@ def test_generate_answers_with_registry_models_and_the_rule_baseline(server):
         ({"model": "nope"}, 404, "unknown_model"),
         ({"model": "rules", "bars": 0}, 422, "invalid_request"),
         ({"model": "rules", "prompt_midi": "%%%"}, 400, "invalid_prompt"),
+        # Drawn beat by beat, this one would run for hours in a thread nothing can stop.
+        ({"model": "rules", "time_signature": "1000000000/4", "bars": 256}, 422, "invalid_request"),
+        ({"model": "rules", "time_signature": "13/8"}, 422, "invalid_request"),
     ]:
-        r = client.post("/v1/generate", json=body, headers=AUTH)
+        r = client.post("/v1/generate", json=body, headers=AUTH, timeout=30)
         assert (r.status_code, r.json()["error"]) == (status, code), r.text
+        assert "Traceback" not in r.json()["detail"]
+    body = {"model": "rules", "time_signature": "12/8", "bars": 2}
+    r = client.post("/v1/generate", json=body, headers=AUTH)
+    assert r.status_code == 200, r.text
+    assert midi_io.load_midi(r.content).time_signature_changes[0].numerator == 12
     models = client.get("/v1/models", headers=AUTH).json()
     assert set(models["generator"]["loaded"]) == {"rules", "tiny-lm"}
 
@@ -237,6 +292,7 @@ def test_generate_answers_with_registry_models_and_the_rule_baseline(server):
 def test_token_auth(server):
     client, _, _ = server
     assert client.get("/healthz").status_code == 200  # no token needed
+    assert client.get("/v1/healthz").status_code == 401  # only /healthz itself
     assert client.get("/v1/models").status_code == 401
     assert (
         client.get("/v1/models", headers={"Authorization": "Bearer wrong"}).json()["error"]

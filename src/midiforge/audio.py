@@ -58,8 +58,13 @@ def _wav_declared_bytes(data: bytes) -> tuple[int, int] | None:
     return None
 
 
-def decode(data: bytes) -> tuple[np.ndarray, int]:
-    """Bytes of a wav/flac/mp3/ogg file -> (float32 array (channels, frames), sample rate)."""
+def decode(data: bytes, max_seconds: float | None = None) -> tuple[np.ndarray, int]:
+    """Bytes of a wav/flac/mp3/ogg file -> (float32 array (channels, frames), sample rate).
+
+    max_seconds: refuse ("too_long") a file whose header declares more, before decoding
+    it: a small compressed file can declare hours of 8-channel audio, gigabytes once
+    decoded. Callers check the decoded length too (an MP3's declared length is estimated).
+    """
     if not data:
         raise AudioError("empty", "the file has 0 bytes")
     try:
@@ -74,6 +79,8 @@ def decode(data: bytes) -> tuple[np.ndarray, int]:
         raise AudioError(
             "truncated", f"WAV data chunk declares {declared[0]} bytes, file holds {declared[1]}"
         )
+    if max_seconds is not None and info.samplerate > 0:
+        _check_max_seconds(info.frames / info.samplerate, max_seconds, "the header declares ")
     try:
         x, sr = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError) as e:
@@ -110,12 +117,16 @@ def to_channels(x: np.ndarray, sr: int, target_sr: int, channels: int) -> np.nda
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
+def _check_max_seconds(seconds: float, max_seconds: float, what: str = "") -> None:
+    if seconds > max_seconds:
+        raise AudioError("too_long", f"{what}{seconds:.1f} s > maximum {max_seconds:g} s")
+
+
 def check_content(x: np.ndarray, sr: int, limits: AudioLimits) -> None:
     seconds = x.shape[-1] / sr
     if seconds < limits.min_seconds:
         raise AudioError("too_short", f"{seconds:.2f} s < minimum {limits.min_seconds:g} s")
-    if seconds > limits.max_seconds:
-        raise AudioError("too_long", f"{seconds:.1f} s > maximum {limits.max_seconds:g} s")
+    _check_max_seconds(seconds, limits.max_seconds)
     peak = float(np.max(np.abs(x))) if x.size else 0.0
     peak_db = 20 * np.log10(peak) if peak > 0 else -np.inf
     if peak_db < limits.silence_dbfs:
@@ -124,7 +135,7 @@ def check_content(x: np.ndarray, sr: int, limits: AudioLimits) -> None:
 
 def decode_checked(data: bytes, limits: AudioLimits) -> tuple[np.ndarray, int]:
     """decode() plus every content check: (channels, frames) at the file's own rate."""
-    x, sr = decode(data)
+    x, sr = decode(data, limits.max_seconds)
     check_finite(x)
     check_content(x, sr, limits)
     return x, sr

@@ -58,6 +58,11 @@ P_STEP, P_REPEAT = 0.65, 0.10
 P_NEAREST_CHORD_TONE = 0.7
 RANGE_BELOW, RANGE_ABOVE = 5, 16  # semitones around the tonic placed in MIDI 60-71
 VELOCITY_STRONG, VELOCITY_BEAT, VELOCITY_OFFBEAT = 92, 84, 76
+# Beats a bar may hold: MidiTok's REMI goes up to 12/8 (its TIME_SIGNATURE_RANGE, and
+# beat_res reaches 12 beats), which covers every meter of our styles. The bound also
+# keeps a request such as 1000000000/4, whose bars are drawn beat by beat, from
+# running for hours in a thread nothing can cancel.
+MAX_NUMERATOR = 12
 
 
 @dataclass(frozen=True)
@@ -71,8 +76,11 @@ class Meter:
         if not (sep and num.isdigit() and den.isdigit()):
             raise ValueError(f"not a time signature: {text!r} (write e.g. '4/4', '6/8')")
         meter = cls(int(num), int(den))
-        if meter.numerator < 1 or meter.denominator not in (2, 4, 8):
-            raise ValueError(f"unsupported time signature {text!r}: denominators 2, 4, 8")
+        if not 1 <= meter.numerator <= MAX_NUMERATOR or meter.denominator not in (2, 4, 8):
+            raise ValueError(
+                f"unsupported time signature {text!r}: numerators 1-{MAX_NUMERATOR}, "
+                "denominators 2, 4, 8"
+            )
         return meter
 
     @property

@@ -22,10 +22,19 @@ from pydantic import BaseModel, Field
 from ray import serve
 
 from midiforge import config as cfgmod
-from midiforge.serving.requests import RequestError, notes_json, notes_midi, read_upload
+from midiforge.serving.requests import (
+    RequestError,
+    check_upload_size,
+    notes_json,
+    notes_midi,
+    read_upload,
+)
 from midiforge.serving.settings import ServeSettings
 
 log = logging.getLogger(__name__)
+# Room for the multipart boundaries and part headers (the file name among them) around an
+# upload of max_upload_bytes, so a request's Content-Length alone can refuse a larger one.
+MULTIPART_SLACK_BYTES = 64 * 1024
 
 
 def registry_loader(settings: ServeSettings) -> Callable[[str], Any]:
@@ -181,16 +190,55 @@ def _check_model_name(model: str) -> None:
         raise RequestError(400, "invalid_model_name", str(e)) from None
 
 
+async def _read_audio(audio: UploadFile, settings: ServeSettings) -> tuple[np.ndarray, float]:
+    """An uploaded file -> read_upload's clip, a file over the size limit refused unread."""
+    from starlette.concurrency import run_in_threadpool
+
+    check_upload_size(audio.size or 0, settings)
+    # One byte over the limit at most, so a part of unknown size is never read whole.
+    data = await audio.read(settings.max_upload_bytes + 1)
+    # Decoding and resampling a long file take seconds: off the event loop, so /healthz
+    # and every other request keep being answered meanwhile.
+    return await run_in_threadpool(read_upload, data, settings)
+
+
+def _unwrap(e: Exception) -> Exception:
+    """The exception a replica raised. It reaches the Gateway as a RayTaskError whose
+    str() carries the remote traceback, process id and file paths, none of which belong
+    in a response."""
+    from ray.exceptions import RayTaskError
+
+    if isinstance(e, RayTaskError) and isinstance(e.cause, Exception):
+        return e.cause
+    return e
+
+
 async def _answer(call, timeout_s: float):
-    """A deployment call under the per-request timeout (504); an unknown model is a 404."""
+    """A deployment call under the per-request timeout (504); an unknown model is a 404.
+    A replica's own exception is raised as itself, its message free of the traceback."""
     from midiforge.registry import RegistryError
 
     try:
         return await asyncio.wait_for(call, timeout_s)
     except TimeoutError:
         raise RequestError(504, "timeout", f"over {timeout_s:g} s") from None
-    except RegistryError as e:
-        raise RequestError(404, "unknown_model", str(e)) from None
+    except Exception as e:
+        cause = _unwrap(e)
+        if isinstance(cause, RegistryError):
+            raise RequestError(404, "unknown_model", str(cause)) from None
+        if cause is e:
+            raise
+        raise cause from e
+
+
+def _body_too_large(content_length: str, settings: ServeSettings) -> bool:
+    """Whether a request's declared length exceeds any upload the service accepts. An
+    absent or malformed one is left to the server and to the upload's own checks."""
+    if not (content_length.isascii() and content_length.isdigit()):
+        return False
+    # int() refuses thousands of digits, and 19 digits exceed any limit anyway.
+    limit = settings.max_upload_bytes + MULTIPART_SLACK_BYTES
+    return len(content_length) > 18 or int(content_length) > limit
 
 
 def _error(status: int, code: str, detail: str):
@@ -222,16 +270,23 @@ def make_fastapi(settings: ServeSettings):
     @api.middleware("http")
     async def _auth(request: Request, call_next):
         token = os.environ.get(settings.token_env)
-        if token and not request.url.path.endswith("/healthz"):
+        # The path under the app's route prefix (Serve's root_path), matched exactly.
+        path = request.scope["path"].removeprefix(request.scope.get("root_path", ""))
+        if token and path != "/healthz":
             given = request.headers.get("authorization", "")
             expected = f"Bearer {token}"
             if not hmac.compare_digest(given.encode(), expected.encode()):
                 return _error(401, "unauthorized", "missing or wrong bearer token")
+        if _body_too_large(request.headers.get("content-length", ""), settings):
+            # Refused before FastAPI parses the form, which would spool all of it first.
+            limit = settings.max_upload_bytes + MULTIPART_SLACK_BYTES
+            return _error(413, "upload_too_large", f"request body over {limit} bytes")
         try:
             return await call_next(request)
         except Exception as e:  # a replica answers every request, even on a bug
             log.exception("unhandled error on %s", request.url.path)
-            return _error(500, "internal_error", f"{type(e).__name__}: {e}")
+            cause = _unwrap(e)
+            return _error(500, "internal_error", f"{type(cause).__name__}: {cause}")
 
     return api
 
@@ -294,10 +349,12 @@ def build_app(
             # ms for stock, basic-pitch's defaults).
             onset_threshold: float | None = Query(None, gt=0, lt=1),
             frame_threshold: float | None = Query(None, gt=0, lt=1),
-            min_note_ms: float | None = Query(None, ge=0),
+            # At most 10 s: a longer floor drops every note of real music, and a bound
+            # keeps inf (or 1e309) a 422 instead of an overflow in frame counting.
+            min_note_ms: float | None = Query(None, ge=0, le=10_000),
         ):
             _check_model_name(model)
-            clip, seconds = read_upload(await audio.read(), settings)
+            clip, seconds = await _read_audio(audio, settings)
             decoding = {
                 "onset_threshold": onset_threshold,
                 "frame_threshold": frame_threshold,
@@ -330,7 +387,7 @@ def build_app(
                     "or name one with ?model=",
                 )
             _check_model_name(model)
-            clip, seconds = read_upload(await audio.read(), settings)
+            clip, seconds = await _read_audio(audio, settings)
             handle = self.classifier.options(multiplexed_model_id=model)
             try:
                 call = handle.classify.remote(clip, top)
