@@ -47,3 +47,20 @@ def test_console_script_is_installed():
     assert exe
     out = subprocess.run([exe, "--help"], capture_output=True, text=True, check=True).stdout
     assert "corpus" in out and "models" in out
+
+
+def test_generate_refuses_bad_requests_in_one_line(tmp_path, capsys):
+    out = str(tmp_path / "x.mid")
+    base = ["generate", "--model", "rules", "--out", out]
+    for extra, message in (
+        (["--key", "H"], "not a key: 'H'"),
+        (["--seed", "-1"], "seed must be >= 0"),
+        (["--program", "200"], "GM programs are 0..127"),
+        (["--bars", "0"], "bars must be 1..256"),
+    ):
+        assert cli.main([*base, *extra]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err
+    assert not Path(out).exists()
+    assert cli.main([*base, "--key", "Am", "--seed", "3"]) == 0
+    assert Path(out).read_bytes()[:4] == b"MThd"

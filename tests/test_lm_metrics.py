@@ -247,3 +247,14 @@ def test_results_with_empty_and_short_pieces_are_json_safe(tmp_path):
 def test_to_jsonable_converts_numpy_and_nan():
     value = {"a": np.float32(1.5), "b": [np.nan, np.int64(3)], "c": np.array([1.0, np.inf])}
     assert to_jsonable(value) == {"a": 1.5, "b": [None, 3], "c": [1.0, None]}
+
+
+@pytest.mark.parametrize(
+    ("bpm", "asked"), [(500.0, 300), (7.5, 20), (None, 120), (float("nan"), 120), (140.4, 140)]
+)
+def test_reference_tempos_outside_the_generators_range_are_asked_at_the_nearest(bpm, asked):
+    from midiforge.lm.evaluate import _request_bpm
+    from midiforge.lm.generate import GenerateRequest
+
+    assert _request_bpm({"bpm": bpm}) == asked
+    GenerateRequest(bpm=asked).check()  # a request the generators take

@@ -139,6 +139,27 @@ def exported(trained):
     return models
 
 
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [("--schedule.seq_len=1024", "seq_len 1024 > the model's 512 positions"),
+     ("--schedule.batch_size=4096", "fewer than one batch (4096 per worker")],
+)  # fmt: skip
+def test_finetune_refuses_runs_that_could_only_fail_later(trained, lm_dataset, override, message):
+    from midiforge.errors import MidiforgeError
+    from midiforge.lm.command import run_finetune
+
+    models, storage, _ = trained
+    args = _ns(dataset=str(lm_dataset / "dataset"), models_root=models, storage=storage,
+               config=None, seed=0, workers=None, gpu=False, out="never", base="base",
+               style="fiddle")  # fmt: skip
+    with pytest.raises(MidiforgeError, match=message.replace("(", r"\(")):
+        run_finetune(args, [*DEBUG, override])
+    from midiforge import registry
+
+    assert "never" not in registry.Registry(models).names()
+    assert {"base", "lora"} <= set(registry.Registry(models).names())
+
+
 def test_onnx_export_matches_torch(exported):
     import torch
 

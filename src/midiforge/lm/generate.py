@@ -40,9 +40,19 @@ class GenerateRequest:
     programs: list[int] | None = None  # GM programs to play; None = the style's own
 
     def check(self) -> None:
+        from midiforge.lm.rules import Meter
         from midiforge.lm.vocab import parse_key
 
-        parse_key(self.key)
+        try:
+            parse_key(self.key)
+            Meter.parse(self.time_signature)
+        except ValueError as e:
+            raise GenerateError(str(e)) from None
+        if self.seed < 0:
+            raise GenerateError(f"seed must be >= 0, not {self.seed}")
+        bad = [p for p in self.programs or [] if not 0 <= p <= 127]
+        if bad:
+            raise GenerateError(f"GM programs are 0..127, not {bad}")
         if not 1 <= self.bars <= 256:
             raise GenerateError(f"bars must be 1..256, not {self.bars}")
         if not 20 <= self.bpm <= 300:

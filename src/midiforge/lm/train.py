@@ -36,6 +36,28 @@ def _windows_ds(pieces, vocab: LMVocab, seq_len: int, bar_id: int, what: str):
     return ray.data.from_numpy(w), len(w)
 
 
+def _check_fits(sched: Schedule, n_windows: int, workers: int, max_positions: int) -> None:
+    """Refuse, before any training, a run that could only fail later: windows longer than
+    the model's positions (generation would fail once its cache passed them), or fewer
+    windows than one batch per worker (batches drop their remainder: no step, no checkpoint)."""
+    if sched.seq_len > max_positions:
+        raise cfgmod.ConfigError(
+            f"schedule.seq_len {sched.seq_len} > the model's {max_positions} positions: "
+            "lower seq_len or raise architecture.max_positions"
+        )
+    if n_windows < sched.batch_size * workers:
+        raise lm_data.DataError(
+            f"{n_windows} training windows, fewer than one batch ({sched.batch_size} per "
+            f"worker x {workers} workers): lower schedule.batch_size or add pieces"
+        )
+
+
+def _max_positions(hf_dir: Path) -> int:
+    """A Hugging Face config's context length (Llama-style or GPT-2-style field)."""
+    hf = json.loads((hf_dir / "config.json").read_text())
+    return int(hf.get("max_position_embeddings") or hf.get("n_positions") or 0) or 1 << 30
+
+
 def _total_steps(sched: Schedule, n_windows: int, workers: int) -> int:
     per_epoch = max(1, n_windows // (sched.batch_size * workers))
     total = per_epoch * sched.epochs
@@ -107,6 +129,8 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     raytrain.connect()
     train_ds, n_train = _windows_ds(train, vocab, sched.seq_len, bar_id, "training")
     val_ds, n_val = _windows_ds(val or train[:4], vocab, sched.seq_len, bar_id, "validation")
+    positions = _max_positions(Path(cfg.init_from)) if cfg.init_from else arch.max_positions
+    _check_fits(sched, n_train, cfg.resources.num_workers, positions)
     total = _total_steps(sched, n_train, cfg.resources.num_workers)
     log.info(
         "pretraining on %d windows (%d val), styles %s, %d steps", n_train, n_val, styles, total
@@ -192,6 +216,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     raytrain.connect()
     train_ds, n_train = _windows_ds(train, vocab, sched.seq_len, bar_id, "training")
     val_ds, n_val = _windows_ds(val, vocab, sched.seq_len, bar_id, "validation")
+    _check_fits(sched, n_train, cfg.resources.num_workers, _max_positions(hf_dir))
     total = _total_steps(sched, n_train, cfg.resources.num_workers)
     loop = _loop_cfg(cfg, vocab, sched, total, f"finetune-{cfg.out}")
     loop.update(

@@ -14,6 +14,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from midiforge.errors import MidiforgeError
+
 STYLE_SLOTS = 32
 PITCH_CLASSES = ("C", "C#", "D", "E-", "E", "F", "F#", "G", "A-", "A", "B-", "B")
 _TONICS = {"c": 0, "d": 2, "e": 4, "f": 5, "g": 7, "a": 9, "b": 11}
@@ -26,7 +28,7 @@ _MODES = {
 _KEY_RE = re.compile(r"^\s*([A-Ga-g])([#b\-♯♭]*)\s*([A-Za-z]*)\s*$")
 
 
-class KeyNameError(ValueError):
+class KeyNameError(MidiforgeError, ValueError):
     """A key name that cannot be parsed."""
 
 
