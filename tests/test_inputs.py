@@ -3,8 +3,9 @@
 import uuid
 
 import boto3
+import pytest
 
-from midiforge.pipeline.inputs import list_inputs, piece_id, read_bytes
+from midiforge.pipeline.inputs import TooLargeError, list_files, list_inputs, piece_id, read_bytes
 
 
 def test_mixed_folder_under_both_flags(tmp_path):
@@ -60,3 +61,26 @@ def test_symlinked_files_keep_their_own_paths(tmp_path):
     )
     assert sorted(i.source_uri.rsplit("/", 1)[-1] for i in inputs) == ["a.wav", "b.wav"]
     assert len({i.piece_id for i in inputs}) == 2
+
+
+def test_file_uris_list_and_read_back(tmp_path):
+    (tmp_path / "fiddle").mkdir()
+    files = {"fiddle/one.wav": b"RIFF-one", "two 100%.mid": b"MThd-two"}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    uris = list_files(f"file://{tmp_path}")
+    assert uris == [f"file://{tmp_path}/{name}" for name in sorted(files)]
+    assert [read_bytes(u) for u in uris] == [files[name] for name in sorted(files)]
+    one = f"file://{tmp_path}/fiddle/one.wav"
+    assert list_files(one) == [one]
+    inputs = list_inputs([f"file://{tmp_path}"], [f"file://{tmp_path}"], style=None,
+                         style_from_folder=True, tier_midi=3)  # fmt: skip
+    assert {(i.kind, i.style) for i in inputs} == {("audio", "fiddle"), ("midi", tmp_path.name)}
+
+
+def test_a_file_over_max_bytes_is_refused_before_reading(tmp_path):
+    (tmp_path / "big.wav").write_bytes(b"x" * 1000)
+    for uri in (str(tmp_path / "big.wav"), f"file://{tmp_path}/big.wav"):
+        with pytest.raises(TooLargeError, match="1000 bytes > maximum 999 bytes"):
+            read_bytes(uri, max_bytes=999)
+        assert read_bytes(uri, max_bytes=1000) == b"x" * 1000

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -16,6 +17,7 @@ import pytest
 from midiforge.pipeline import work
 from midiforge.pipeline.build import build_dataset
 from midiforge.pipeline.config import DatasetConfig
+from midiforge.pipeline.inputs import piece_id
 
 from .ray_nodes import BIN, kill_group, ray_env, start_head, stop, wait_http
 
@@ -79,6 +81,35 @@ def test_killed_run_resumes_to_the_same_dataset(tiny_corpus, tmp_path):
     }
     assert rows(killed) == rows(fresh)
     assert rejects(killed) == rejects(fresh)
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_rerun_after_an_input_is_removed_equals_a_fresh_run(tiny_corpus, tmp_path):
+    """Work rows of an input since removed, and a second row of a piece processed twice
+    (what a killed run can leave), stay out of the dataset: a re-run into the same folder
+    builds what a fresh run on the remaining inputs builds."""
+    d = tmp_path / "midi"
+    shutil.copytree(tiny_corpus / "midi", d)
+    out = tmp_path / "out"
+    cfg = {"style_from_folder": True, "seed": 2}
+    first = build_dataset(DatasetConfig(midi=[str(d)], out=str(out), **cfg))
+    assert first["inputs"] == 6
+    accepted = {r[0] for r in rows(out)}
+    gone = next(p for p in sorted(d.rglob("*.mid")) if piece_id(str(p)) in accepted)
+    gone.unlink()
+    for i, p in enumerate(work.work_files(str(out))):
+        shutil.copy(p, Path(p).with_name(f"part-zzzz-copy-{i}.parquet"))
+
+    again = build_dataset(DatasetConfig(midi=[str(d)], out=str(out), **cfg))
+    fresh = tmp_path / "fresh"
+    rep_fresh = build_dataset(DatasetConfig(midi=[str(d)], out=str(fresh), **cfg))
+    assert again["inputs"] == again["accepted"] + again["rejected"] == 5
+    assert {k: v for k, v in again.items() if k != "elapsed_seconds"} == {
+        k: v for k, v in rep_fresh.items() if k != "elapsed_seconds"
+    }
+    assert rows(out) == rows(fresh)
+    assert rejects(out) == rejects(fresh)
+    assert piece_id(str(gone)) not in {r[0] for r in rows(out)}
 
 
 def test_ray_job_submit_from_a_laptop(tiny_corpus, tmp_path):

@@ -121,6 +121,70 @@ def test_rejects_keep_their_first_reason(tmp_path):
     assert [r["reason"] for r in again] == ["empty", "read_failed", "unsupported_extension"]
 
 
+def test_read_failures_of_any_kind_reject_only_that_file(tiny_corpus):
+    """A file URI, a file over max_bytes, and a URI pyarrow cannot parse (ArrowInvalid, a
+    ValueError): each input gets its own outcome, and the batch goes on."""
+    mid = next((tiny_corpus / "midi" / "fiddle").glob("*.mid"))
+    wav = next((tiny_corpus / "audio" / "fiddle").glob("*.wav"))
+    limit = wav.stat().st_size - 1
+    assert mid.stat().st_size <= limit
+    b = stages.batch_of(
+        [
+            *stages.rows_of(input_batch([f"file://{mid}"], "midi")),
+            *stages.rows_of(input_batch([f"file://{wav}", "nosuch://bucket/x.wav"], "audio")),
+        ]
+    )
+    out = stages.rows_of(stages.load_inputs(b, audio.AudioLimits(), max_bytes=limit))
+    assert [(r["status"], r["reason"]) for r in out] == [
+        ("ok", ""), ("rejected", "too_large"), ("rejected", "read_failed")
+    ]  # fmt: skip
+    assert out[0]["midi"] == mid.read_bytes()
+    size = wav.stat().st_size
+    assert out[1]["detail"] == f"{size} bytes > maximum {limit} bytes (max_input_bytes)"
+    assert out[2]["detail"].startswith("ArrowInvalid: ")
+
+
+@pytest.fixture(scope="module")
+def transcriber():
+    return OnnxTranscriber(registry.stock_model_path(), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def fiddle_batch(tiny_corpus):
+    wavs = sorted(str(p) for p in (tiny_corpus / "audio" / "fiddle").glob("*.wav"))
+    return stages.load_inputs(input_batch(wavs, "audio"), DatasetConfig().limits)
+
+
+def test_a_failed_model_call_rejects_only_the_input_it_failed_on(fiddle_batch, transcriber):
+    """The model runs on a whole batch at once; when that call fails, each input is
+    retried alone, and only the one that fails alone is rejected."""
+    good, bad = stages.rows_of(fiddle_batch)
+    bad["audio"] += b"\x00"  # no longer whole float32 samples: fails inside the call
+    out = stages.rows_of(stages.transcribe(stages.batch_of([good, bad]), transcriber))
+    assert (out[1]["status"], out[1]["stage"], out[1]["reason"]) == (
+        "rejected", "transcribe", "model_failed"
+    )  # fmt: skip
+    assert out[1]["detail"].startswith("ValueError: ")
+    alone = stages.rows_of(stages.transcribe(stages.batch_of([good]), transcriber))[0]
+    assert out[0]["status"] == "ok" and out[0]["n_frames"] > 0
+    assert out[0]["note"] == alone["note"]
+
+
+def test_a_crash_in_one_rows_postprocessing_rejects_only_that_row(fiddle_batch, transcriber):
+    cfg = DatasetConfig()
+    cfg.validate.min_range_semitones = 7  # as in through_postprocess: about mechanics
+    b = stages.rows_of(stages.transcribe(fiddle_batch, transcriber))
+    b[1]["n_frames"] += 1  # the outputs no longer fill n_frames rows: decoding raises
+    tok = make_tokenizer(cfg.tokenizer)
+    out = stages.rows_of(stages.postprocess(stages.batch_of(b), cfg.notes, cfg.validate, tok, "{}"))
+    assert (out[1]["status"], out[1]["stage"], out[1]["reason"]) == (
+        "rejected", "transcribe", "notes_failed"
+    )  # fmt: skip
+    assert out[1]["detail"].startswith("ValueError: ")
+    assert out[0]["status"] == "ok", (out[0]["reason"], out[0]["detail"])
+    assert len(out[0]["tokens"]) > 0
+
+
 def test_batch_of_keeps_trailing_nul_bytes():
     b = stages.batch_of([{"midi": b"MThd\x00\x00"}, {"midi": b"\x00"}])
     assert b["midi"][0] == b"MThd\x00\x00" and b["midi"][1] == b"\x00"

@@ -148,6 +148,45 @@ def test_unreadable_bytes_raise_in_analyze_and_are_a_reason_in_assess():
     assert "not a readable MIDI" in detail
 
 
+def held_note_midi(*deltas: int, ticks_per_quarter: int = 10_080) -> bytes:
+    """A file with one note held across events `deltas` ticks apart (built with mido)."""
+    import io
+
+    import mido
+
+    mf = mido.MidiFile(ticks_per_beat=ticks_per_quarter)
+    track = mido.MidiTrack()
+    mf.tracks.append(track)
+    track.append(mido.Message("note_on", note=60, velocity=80, time=0))
+    for d in deltas[:-1]:
+        track.append(mido.Message("control_change", control=64, value=0, time=d))
+    track.append(mido.Message("note_off", note=60, velocity=0, time=deltas[-1]))
+    buf = io.BytesIO()
+    mf.save(file=buf)
+    return buf.getvalue()
+
+
+def test_a_tiny_file_with_huge_delta_times_is_refused_before_any_allocation():
+    """pretty_midi sizes a float64 table by the largest tick: three of the largest delta
+    times MIDI can hold, in 50 bytes, would ask for 6.4 GB and get the worker killed."""
+    import time
+
+    data = held_note_midi(2**28 - 1, 2**28 - 1, 2**28 - 1)
+    assert len(data) < 60
+    started = time.monotonic()
+    with pytest.raises(ValueError, match="largest tick of 805306366"):
+        midi_io.load_midi(data)
+    assert time.monotonic() - started < 1
+    stats, reason, _ = v.assess(data, v.ValidateConfig())
+    assert (stats, reason) == (None, "midi_unreadable")
+
+
+def test_twenty_minutes_at_music21s_resolution_still_load():
+    """20 minutes at 60 bpm with music21's 10,080 ticks per quarter: ~12.1M ticks."""
+    pm = midi_io.load_midi(held_note_midi(1200 * 10_080))
+    assert pm.instruments[0].notes[0].end == pytest.approx(600.0)  # no tempo event: 120 bpm
+
+
 def test_for_style_applies_overrides_and_rejects_unknown_fields():
     cfg = v.ValidateConfig()
     quartet = cfg.for_style("quartet")

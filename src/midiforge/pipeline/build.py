@@ -152,7 +152,11 @@ def plan_inputs(cfg: DatasetConfig, todo: list[Input], checks):
         ds,
         stages.load_inputs,
         decode,
-        fn_kwargs={"limits": cfg.limits, "separator_format": sep_format},
+        fn_kwargs={
+            "limits": cfg.limits,
+            "separator_format": sep_format,
+            "max_bytes": cfg.max_input_bytes,
+        },
     )
     if sep_format:
         ds = _map(
@@ -217,22 +221,41 @@ def process_inputs(cfg: DatasetConfig, todo: list[Input], checks) -> None:
         ) from e
 
 
+def _current_rows(table: pa.Table, wanted: dict[str, str]) -> pa.Table:
+    """The accepted work rows the final phase uses: for each piece of `wanted` ({piece_id:
+    name of its winning work file}), its row in that file; work files also hold rows of
+    inputs since removed, and second rows of pieces processed twice."""
+    names = [work.file_name(p) for p in table.column("path").to_pylist()]
+    ids = table.column("piece_id").to_pylist()
+    status = table.column("status").to_pylist()
+    keep = [s == "ok" and wanted.get(i) == n for i, s, n in zip(ids, status, names, strict=True)]
+    return table.filter(pa.array(keep, pa.bool_())).drop_columns(["path", "status"])
+
+
 def _write_dataset(cfg: DatasetConfig, splits: dict[str, str]) -> None:
     import ray
 
     fs, base = _filesystem(cfg.out)
     target = f"{base}/dataset"
-    if fs.get_file_info(target).type != pafs.FileType.NotFound:
-        fs.delete_dir(target)  # a re-run writes the final dataset afresh
     if not splits:
+        _delete_dataset(fs, target)
         for split in SPLITS:
             fs.create_dir(f"{target}/split={split}", recursive=True)
             empty = schema.DATASET.empty_table().drop(["split"])
             pq.write_table(empty, f"{target}/split={split}/part-0.parquet", filesystem=fs)
         return
+    winners = work.winning_files(cfg.out)
+    wanted = {i: work.file_name(winners[i]) for i in splits}
     keep = [n for n in schema.WORK.names if n in schema.DATASET.names or n == "status"]
-    ds = ray.data.read_parquet(work.work_files(cfg.out), filesystem=fs, columns=keep)
-    ds = ds.filter(lambda r: r["status"] == "ok")
+    ds = ray.data.read_parquet(
+        sorted({winners[i] for i in splits}),
+        filesystem=fs,
+        columns=keep,
+        include_paths=True,
+    )
+    ds = ds.map_batches(
+        _current_rows, batch_format="pyarrow", batch_size=None, fn_kwargs={"wanted": wanted}
+    )
     ds = _map(
         ds,
         Expand,
@@ -247,7 +270,16 @@ def _write_dataset(cfg: DatasetConfig, splits: dict[str, str]) -> None:
         ),
         batch_format="pyarrow",
     )
+    # Deleted only now, with the plan built: what fails before this point (an unreadable
+    # work file, music21's key profiles) leaves the last run's dataset in place. An
+    # atomic swap would need a folder move, which pyarrow's S3 filesystem lacks.
+    _delete_dataset(fs, target)
     ds.write_parquet(target, filesystem=fs, partition_cols=["split"])
+
+
+def _delete_dataset(fs: pafs.FileSystem, target: str) -> None:
+    if fs.get_file_info(target).type != pafs.FileType.NotFound:
+        fs.delete_dir(target)  # a re-run writes the final dataset afresh
 
 
 def build_dataset(cfg: DatasetConfig, address: str | None = None) -> dict[str, Any]:

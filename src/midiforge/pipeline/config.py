@@ -91,6 +91,10 @@ class DatasetConfig:
     batch_windows: int = 16  # basic-pitch windows per onnxruntime call
     segment_s: float | None = None  # Demucs segment length; None = the model's own
     limits: AudioLimits = field(default_factory=AudioLimits)
+    # Inputs are read whole into a worker's memory: a larger file is rejected (too_large)
+    # from its size, before a byte is read. 2 GiB passes 20 minutes (limits.max_seconds)
+    # of 6-channel 48 kHz 24-bit WAV (~1.0 GB); lower it where workers have less memory.
+    max_input_bytes: int = 2 * 1024**3
     notes: NoteDecoding = field(default_factory=NoteDecoding)
     validate: ValidateConfig = field(default_factory=ValidateConfig)
     tokenizer: TokenizerSettings = field(default_factory=TokenizerSettings)
@@ -114,6 +118,8 @@ class DatasetConfig:
             raise ConfigError(
                 f"split must be three non-negative fractions summing to 1: {self.split}"
             )
+        if self.max_input_bytes <= 0:
+            raise ConfigError(f"max_input_bytes must be positive, not {self.max_input_bytes}")
         bad = set(self.augment_splits) - {"train", "val", "test"}
         if bad:
             raise ConfigError(f"augment_splits may name train, val, test; not {sorted(bad)}")

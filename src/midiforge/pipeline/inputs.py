@@ -73,15 +73,35 @@ def list_files(root: str) -> list[str]:
     return [_join_uri(root, f) for f in files]
 
 
-def read_bytes(uri: str) -> bytes:
-    """Whole file from a local path or a URI (filesystems are cached per bucket)."""
+class TooLargeError(Exception):
+    """A file over the size limit, found from its size before any byte is read."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"{size} bytes > maximum {limit} bytes (max_input_bytes)")
+
+
+def _locate(uri: str) -> tuple[pafs.FileSystem, str]:
+    """The filesystem (cached per bucket) and path of a local path or a URI."""
     if not _is_uri(uri):
-        return Path(uri).read_bytes()
+        return pafs.LocalFileSystem(), str(Path(uri).expanduser().absolute())
     scheme, rest = uri.split("://", 1)
+    if scheme == "file":
+        # A file URI names no bucket and takes no options: all that follows file:// is
+        # the absolute path as list_files wrote it ("?" or "%20" in a name stay as is).
+        return pafs.LocalFileSystem(), rest
     path, _, query = rest.partition("?")
     bucket = path.split("/", 1)[0]
-    fs, _ = _filesystem(f"{scheme}://{bucket}" + (f"?{query}" if query else ""))
-    with fs.open_input_stream(path) as f:
+    return _filesystem(f"{scheme}://{bucket}" + (f"?{query}" if query else ""))[0], path
+
+
+def read_bytes(uri: str, max_bytes: int | None = None) -> bytes:
+    """Whole file from a local path or a URI; TooLargeError, before reading, if the file
+    holds more than `max_bytes`."""
+    fs, path = _locate(uri)
+    with fs.open_input_file(path) as f:
+        size = f.size()
+        if max_bytes is not None and size > max_bytes:
+            raise TooLargeError(size, max_bytes)
         return f.read()
 
 

@@ -9,9 +9,11 @@ which Arrow carries unchanged whatever the lengths.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -21,7 +23,7 @@ from midiforge import audio as audiomod
 from midiforge import midi_io
 from midiforge.midi_write import notes_midi_bytes
 from midiforge.pipeline import schema
-from midiforge.pipeline.inputs import read_bytes
+from midiforge.pipeline.inputs import TooLargeError, read_bytes
 
 log = logging.getLogger(__name__)
 
@@ -66,10 +68,15 @@ def _f32(b: bytes, channels: int) -> np.ndarray:
 
 
 def load_inputs(
-    batch: Batch, limits: audiomod.AudioLimits, separator_format: tuple[int, int] | None = None
+    batch: Batch,
+    limits: audiomod.AudioLimits,
+    separator_format: tuple[int, int] | None = None,
+    *,
+    max_bytes: int | None = None,
 ) -> Batch:
     """Read each input; decode and validate audio. Audio leaves as mono 22,050 Hz, or as
-    (channels, frames) at the separator's rate when `separator_format` = (rate, channels)."""
+    (channels, frames) at the separator's rate when `separator_format` = (rate, channels).
+    A file over `max_bytes` is rejected from its size, before it is read."""
     rows = rows_of(batch)
     for r in rows:
         r.update(audio=b"", channels=1, midi=b"", audio_seconds=0.0)
@@ -79,9 +86,13 @@ def load_inputs(
             reject(r, "list", "unsupported_extension", "not one of .wav .flac .mp3 .ogg .mid .midi")
             continue
         try:
-            data = read_bytes(r["source_uri"])
-        except OSError as e:
-            reject(r, "read", "read_failed", str(e))
+            data = read_bytes(r["source_uri"], max_bytes)
+        except TooLargeError as e:
+            reject(r, "read", "too_large", str(e))
+            continue
+        except Exception as e:  # pyarrow raises ValueErrors too (a bad URI): one file's
+            # read failure is that file's reject, never the batch's (and so the job's) end
+            reject(r, "read", "read_failed", f"{type(e).__name__}: {e}")
             continue
         if r["kind"] == "midi":
             r["midi"] = data
@@ -150,19 +161,32 @@ def transcribe(batch: Batch, transcriber) -> Batch:
     todo = [r for r in rows if r["status"] == "ok" and r["kind"] == "audio"]
     for r in rows:
         r.update(dict.fromkeys(OUTPUT_KEYS, b""), n_frames=0)
-    if todo:
-        try:
-            outputs = transcriber([_f32(r["audio"], 1) for r in todo])
-        except Exception as e:
-            for r in todo:
-                reject(r, "transcribe", "model_failed", f"{type(e).__name__}: {e}")
-            outputs = []
-        for r, out in zip(todo, outputs, strict=False):
+    for r, out in zip(todo, _model_outputs(todo, transcriber), strict=True):
+        if out is not None:
             r.update({k: out[k].astype(np.float32).tobytes() for k in OUTPUT_KEYS})
             r["n_frames"] = out["note"].shape[0]
     for r in rows:
         r["audio"] = b""  # the audio is no longer needed downstream
     return batch_of(rows)
+
+
+def _model_outputs(todo: list[dict[str, Any]], transcriber) -> list[dict | None]:
+    """The model's outputs for each row, in one call; None for a row it failed on, which
+    is then rejected. A failed call is retried row by row: one bad input (or one too
+    long for the device's memory) fails the whole call, and must not take the others."""
+    if not todo:
+        return []
+    try:
+        outputs = list(transcriber([_f32(r["audio"], 1) for r in todo]))
+        if len(outputs) != len(todo):
+            raise RuntimeError(f"the model returned {len(outputs)} outputs for {len(todo)} clips")
+    except Exception as e:
+        if len(todo) == 1:
+            reject(todo[0], "transcribe", "model_failed", f"{type(e).__name__}: {e}")
+            return [None]
+        log.warning("model failed on a batch of %d (%s); retrying each alone", len(todo), e)
+        return [_model_outputs([r], transcriber)[0] for r in todo]
+    return outputs
 
 
 class Transcribe:
@@ -208,6 +232,16 @@ def _reference_metrics(r: dict[str, Any], notes: np.ndarray) -> None:
     )
 
 
+@contextlib.contextmanager
+def _row_guard(r: dict[str, Any], stage: str, reason: str) -> Iterator[None]:
+    """One row's step: an exception there rejects that row, naming the exception. Left
+    to rise, it would fail the batch, then (after Ray's retries) the whole job."""
+    try:
+        yield
+    except Exception as e:
+        reject(r, stage, reason, f"{type(e).__name__}: {e}")
+
+
 STAT_KEYS = tuple(f.name for f in schema.STATS)
 # A rejected row still fills every stats column: "", 0.0 or 0 by the column's type.
 _EMPTY_STATS = {
@@ -216,47 +250,63 @@ _EMPTY_STATS = {
 }
 
 
+def _notes_to_midi(r: dict[str, Any], note_cfg) -> None:
+    """One audio row: model outputs -> notes (scored against its reference) -> MIDI."""
+    from midiforge.transcription.notes import decode_notes
+
+    notes = decode_notes(_model_output(r), note_cfg)
+    if r["reference_uri"]:
+        _reference_metrics(r, notes)
+    if len(notes) == 0:
+        reject(r, "transcribe", "no_notes", "the transcription holds no notes")
+    else:
+        r["midi"] = notes_midi_bytes(notes)
+
+
+def _validate(r: dict[str, Any], validate_cfg, key_profiles) -> None:
+    from midiforge.symbolic import validate
+
+    vcfg = validate_cfg.for_style(r["style"])
+    if r["kind"] == "audio":
+        vcfg = dataclasses.replace(vcfg, overlap_tolerance_s=vcfg.overlap_tolerance_transcribed_s)
+    stats, reason, detail = validate.assess(r["midi"], vcfg, key_profiles=key_profiles)
+    if stats:
+        r.update({k: stats[k] for k in STAT_KEYS})
+    if reason:
+        reject(r, "validate", reason, detail)
+
+
+def _tokenize(r: dict[str, Any], tokenizer) -> None:
+    from midiforge.symbolic import tokenize
+
+    ids, reason, detail = tokenize.encode(tokenizer, r["midi"])
+    if reason:
+        reject(r, "tokenize", reason, detail)
+    else:
+        r["tokens"] = np.asarray(ids, dtype=np.int32).tobytes()
+
+
 def postprocess(
     batch: Batch, note_cfg, validate_cfg, tokenizer, models_json: str, *, key_profiles=None
 ) -> Batch:
     """Model outputs -> notes -> MIDI; then validate and tokenize every surviving row.
     key_profiles: `validate.music21_key_profiles()`, read on the driver (None: here)."""
-    from midiforge.symbolic import tokenize, validate
-    from midiforge.transcription.notes import decode_notes
-
     rows = rows_of(batch)
     nan = float("nan")
     for r in rows:
         r.update(_EMPTY_STATS, tokens=b"", models=models_json)
         r.update(ref_precision=nan, ref_recall=nan, ref_f1=nan, ref_f1_offset=nan)
         if r["status"] == "ok" and r["kind"] == "audio":
-            notes = decode_notes(_model_output(r), note_cfg)
-            if r["reference_uri"]:
-                _reference_metrics(r, notes)
-            if len(notes) == 0:
-                reject(r, "transcribe", "no_notes", "the transcription holds no notes")
-            else:
-                r["midi"] = notes_midi_bytes(notes)
+            with _row_guard(r, "transcribe", "notes_failed"):
+                _notes_to_midi(r, note_cfg)
         for k in OUTPUT_KEYS:
             r[k] = b""
-        if r["status"] != "ok":
-            continue
-        vcfg = validate_cfg.for_style(r["style"])
-        if r["kind"] == "audio":
-            vcfg = dataclasses.replace(
-                vcfg, overlap_tolerance_s=vcfg.overlap_tolerance_transcribed_s
-            )
-        stats, reason, detail = validate.assess(r["midi"], vcfg, key_profiles=key_profiles)
-        if stats:
-            r.update({k: stats[k] for k in STAT_KEYS})
-        if reason:
-            reject(r, "validate", reason, detail)
-            continue
-        ids, reason, detail = tokenize.encode(tokenizer, r["midi"])
-        if reason:
-            reject(r, "tokenize", reason, detail)
-            continue
-        r["tokens"] = np.asarray(ids, dtype=np.int32).tobytes()
+        if r["status"] == "ok":
+            with _row_guard(r, "validate", "validate_failed"):
+                _validate(r, validate_cfg, key_profiles)
+        if r["status"] == "ok":
+            with _row_guard(r, "tokenize", "tokenize_failed"):
+                _tokenize(r, tokenizer)
     out = batch_of(rows)
     for k in (*OUTPUT_KEYS, "n_frames", "audio", "channels"):
         out.pop(k, None)

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import io
+import posixpath
 import secrets
+from collections.abc import Iterable
 
 import numpy as np
 import pyarrow as pa
@@ -60,14 +62,46 @@ def work_files(out: str) -> list[str]:
     return sorted(e.path for e in entries if e.base_name.startswith("part-"))
 
 
-def read_work(out: str, columns: list[str] | None = None) -> pa.Table:
-    """All work rows (one per input; if an input was processed twice, the first file wins)."""
+def file_name(path: str) -> str:
+    """A work file's name: what the rules below compare, since the same file's path
+    reads differently through pyarrow, Ray Data and S3 ("bucket/key" or "/abs/path")."""
+    return posixpath.basename(path)
+
+
+def _winners(ids_by_file: Iterable[tuple[str, list[str]]]) -> dict[str, str]:
+    """{piece_id: name of the work file whose row counts}. A piece is processed twice
+    when a killed run's workers finish a batch the driver never saw: the first file by
+    name wins, so every reader keeps the same row. (A file never holds a piece twice:
+    a run's inputs are unique.)"""
+    win: dict[str, str] = {}
+    for name, ids in ids_by_file:
+        for i in ids:
+            win.setdefault(i, name)
+    return win
+
+
+def winning_files(out: str) -> dict[str, str]:
+    """{piece_id: path of the work file whose row for it counts} (see _winners)."""
     fs, _ = _filesystem(out)
-    tables = [pq.read_table(p, filesystem=fs, columns=columns) for p in work_files(out)]
+    paths = {file_name(p): p for p in work_files(out)}
+    ids = (
+        (name, pq.read_table(p, filesystem=fs, columns=["piece_id"]).column(0).to_pylist())
+        for name, p in paths.items()
+    )
+    return {i: paths[name] for i, name in _winners(ids).items()}
+
+
+def read_work(out: str, columns: list[str] | None = None) -> pa.Table:
+    """All work rows, one per piece: its row in its winning file (see _winners)."""
+    fs, _ = _filesystem(out)
+    names = columns or schema.WORK.names
+    read = list(dict.fromkeys(["piece_id", *names]))
+    tables = {file_name(p): pq.read_table(p, filesystem=fs, columns=read) for p in work_files(out)}
     if not tables:
-        return schema.WORK.empty_table().select(columns or schema.WORK.names)
-    table = pa.concat_tables(tables)
-    ids = table.column("piece_id").to_pylist()
-    seen: set[str] = set()
-    keep = [not (i in seen or seen.add(i)) for i in ids]
-    return table.filter(pa.array(keep))
+        return schema.WORK.empty_table().select(names)
+    win = _winners((name, t.column("piece_id").to_pylist()) for name, t in tables.items())
+    kept = [
+        t.filter(pa.array([win[i] == name for i in t.column("piece_id").to_pylist()], pa.bool_()))
+        for name, t in tables.items()
+    ]
+    return pa.concat_tables(kept).select(names)
