@@ -14,6 +14,8 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
 
+from midiforge import config as cfgmod
+from midiforge.config import ConfigError
 from midiforge.pipeline import work
 from midiforge.pipeline.build import build_dataset
 from midiforge.pipeline.config import DatasetConfig
@@ -110,6 +112,13 @@ def test_rerun_after_an_input_is_removed_equals_a_fresh_run(tiny_corpus, tmp_pat
     assert rows(out) == rows(fresh)
     assert rejects(out) == rejects(fresh)
     assert piece_id(str(gone)) not in {r[0] for r in rows(out)}
+
+    # Work rows are reused only under the settings that made them; the dataset stays.
+    changed = cfgmod.load(DatasetConfig, None, ["--validate.max_polyphony=3"],
+                          midi=[str(d)], out=str(out), **cfg)  # fmt: skip
+    with pytest.raises(ConfigError, match=r"validate\.max_polyphony: 1 then, 3 now"):
+        build_dataset(changed)
+    assert rows(out) == rows(fresh)
 
 
 def test_ray_job_submit_from_a_laptop(tiny_corpus, tmp_path):

@@ -298,6 +298,7 @@ def build_dataset(cfg: DatasetConfig, address: str | None = None) -> dict[str, A
     )
     fs, base = _filesystem(cfg.out)
     fs.create_dir(base, recursive=True)
+    work.check_settings(cfg.out, cfg.work_settings())
     done = set(work.read_work(cfg.out, columns=["piece_id"]).column("piece_id").to_pylist())
     todo = [i for i in inputs if i.piece_id not in done]
     log.info(

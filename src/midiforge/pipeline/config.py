@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from midiforge.audio import AudioLimits
 from midiforge.symbolic.augment import AugmentConfig
@@ -69,6 +70,17 @@ class Compute:
     wait_for_actors_s: int = 600
 
 
+# What a work row (OUT/_work) is made from: a re-run reuses rows only under the same
+# values. Seed, split, augmentation and sizing act in the final phase, which every run
+# redoes, so they may change between runs; device and batching change outputs by float
+# rounding only.
+WORK_FIELDS = (
+    "style", "style_from_folder", "tier_midi", "separator", "stem", "transcriber",
+    "reference_midi", "segment_s", "limits", "max_input_bytes", "notes", "validate",
+    "tokenizer",
+)  # fmt: skip
+
+
 @dataclass
 class DatasetConfig:
     audio: list[str] = field(default_factory=list)  # files or folders, local or any URI
@@ -100,6 +112,13 @@ class DatasetConfig:
     tokenizer: TokenizerSettings = field(default_factory=TokenizerSettings)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     compute: Compute = field(default_factory=Compute)
+
+    def work_settings(self) -> dict[str, Any]:
+        """The settings a work row is made under (WORK_FIELDS), as plain data."""
+        from midiforge.config import to_dict
+
+        d = to_dict(self)
+        return {k: d[k] for k in WORK_FIELDS}
 
     def validate_config(self) -> None:
         from midiforge.config import ConfigError

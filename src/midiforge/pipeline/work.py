@@ -10,20 +10,24 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import posixpath
 import secrets
 from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from midiforge.config import ConfigError
 from midiforge.pipeline import schema
 from midiforge.pipeline.inputs import _filesystem
 from midiforge.pipeline.stages import Batch, rows_of
 
 WORK_DIR = "_work"
+SETTINGS_FILE = "_settings.json"  # "_": Parquet readers of the folder skip it
 
 
 def _tokens(b: bytes) -> list[int]:
@@ -105,3 +109,35 @@ def read_work(out: str, columns: list[str] | None = None) -> pa.Table:
         for name, t in tables.items()
     ]
     return pa.concat_tables(kept).select(names)
+
+
+def _leaves(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_leaves(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def check_settings(out: str, settings: dict[str, Any]) -> None:
+    """Reuse work rows only under the settings that made them: rows of another
+    transcriber, thresholds or tokenizer would otherwise be mixed silently into the new
+    dataset (its tokenizer.json then describing none of their tokens). Records the
+    settings when OUT holds no work yet (or work from before they were recorded)."""
+    fs, base = _filesystem(out)
+    path = f"{base}/{WORK_DIR}/{SETTINGS_FILE}"
+    now = json.loads(json.dumps(settings))  # tuples as lists, as they read back
+    if work_files(out) and fs.get_file_info(path).type == pafs.FileType.File:
+        with fs.open_input_stream(path) as f:
+            before = json.loads(f.read())
+        old, new = _leaves(before), _leaves(now)
+        changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+        if changed:
+            diffs = "; ".join(f"{k}: {old.get(k)!r} then, {new.get(k)!r} now" for k in changed)
+            raise ConfigError(
+                f"{out} holds work made with other settings ({diffs}). Re-run with the "
+                f"earlier settings, or start afresh: another --out, or delete {out}/{WORK_DIR}"
+            )
+        return
+    fs.create_dir(f"{base}/{WORK_DIR}", recursive=True)
+    with fs.open_output_stream(path) as f:
+        f.write(json.dumps(now, indent=1, sort_keys=True).encode())
