@@ -160,6 +160,32 @@ def test_finetune_refuses_runs_that_could_only_fail_later(trained, lm_dataset, o
     assert {"base", "lora"} <= set(registry.Registry(models).names())
 
 
+def test_rerunning_a_finished_pretraining_trains_no_further(lm_dataset, tmp_path):
+    """The same command again (after a failed registry push, say) finds the finished run
+    in its storage: it must give the same model, not train past the run's budget."""
+    from midiforge import registry
+    from midiforge.lm.command import run_pretrain
+
+    models = str(tmp_path / "models")
+    args = _ns(dataset=str(lm_dataset / "dataset"), models_root=models,
+               storage=str(tmp_path / "runs"), config=None, seed=0, workers=None, gpu=False,
+               out="twice", preset="debug", exclude_style=None, init_from=None)  # fmt: skip
+    runs = []
+    for _ in range(2):
+        assert run_pretrain(args, DEBUG) == 0
+        folder = registry.Registry(models).fetch("twice")
+        metrics = registry.Registry(models).manifest("twice").metrics
+        runs.append((_state(folder / "hf"), metrics["steps"], metrics["best_val_loss"]))
+    (w1, steps1, val1), (w2, steps2, val2) = runs
+    assert steps1 == steps2 == 10
+    assert val1 == val2
+    assert w1.keys() == w2.keys() and all(np.array_equal(w1[k], w2[k]) for k in w1)
+    # A larger budget, though, goes on from where the run stopped.
+    assert run_pretrain(args, [*DEBUG, "--schedule.max_steps=15"]) == 0
+    metrics = registry.Registry(models).manifest("twice").metrics
+    assert metrics["steps"] == 15 and metrics["resumed_from_step"] == 10
+
+
 def test_onnx_export_matches_torch(exported):
     import torch
 

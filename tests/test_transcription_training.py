@@ -112,10 +112,16 @@ def test_only_the_trainable_heads_moved(trained):
     assert changed and {k.split(".")[0] for k in changed} <= {"note2", "onset2"}
 
 
-def test_rerun_resumes_from_the_checkpoint(trained):
-    work, cfg, _ = trained
+def test_rerun_finds_the_finished_run_and_trains_no_further(trained):
+    """The same command again restores the run from its checkpoint, whose budget is spent:
+    the same model comes back (a larger budget would go on: tests/test_lm_pipeline.py)."""
+    work, cfg, first = trained
+    before = load_weights(registry.Registry(cfg.models_root).fetch(NAME) / "weights.pt")
     again = train.run(_config(work / "prep", cfg.models_root, cfg.storage))
-    assert again["resumed_from_step"] == 3
+    assert again["steps"] == first["steps"] == 3
+    assert again["best_val_loss"] == first["best_val_loss"]
+    after = load_weights(registry.Registry(cfg.models_root).fetch(NAME) / "weights.pt")
+    assert all(torch.equal(v, before.head_state()[k]) for k, v in after.head_state().items())
 
 
 def test_extract_and_compare_by_name(trained, tmp_path):

@@ -151,6 +151,9 @@ def report(metrics, rank, net, opt, lr_sched, state, best_weights) -> None:  # n
     if rank != 0:
         ray.train.report(metrics)
         return
+    # Saved with the state: the same command run again restores a finished run, which
+    # must not take another step (see `finished`).
+    state["stopped"] = bool(metrics.get("stopped", False))
     with tempfile.TemporaryDirectory() as d:
         torch.save(
             {
@@ -168,6 +171,15 @@ def report(metrics, rank, net, opt, lr_sched, state, best_weights) -> None:  # n
 def snapshot(net) -> dict[str, Any]:
     """A detached copy of the (unwrapped) weights, kept as the best so far."""
     return {k: v.detach().clone() for k, v in unwrap(net).state_dict().items()}
+
+
+def finished(state: dict[str, Any], sched: dict[str, Any], total_steps: int) -> bool:
+    """Whether a restored run had stopped and the schedule gives it nothing more: the
+    same command again trains no further, while a larger budget or patience goes on."""
+    if not state.get("stopped"):
+        return False
+    patience_out = bool(sched["patience"] and state["bad_evals"] >= sched["patience"])
+    return budget_spent(state, sched, total_steps) or patience_out
 
 
 def budget_spent(state: dict[str, Any], sched: dict[str, Any], total_steps: int) -> bool:

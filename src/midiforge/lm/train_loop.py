@@ -99,7 +99,7 @@ def train_loop(cfg: dict[str, Any]) -> None:
     pad = cfg["vocab"]["pad"]
     started = time.monotonic() - state["elapsed"]
     tokens_seen, window_t0, losses = 0, time.monotonic(), []
-    stop = False
+    stop = raytrain.finished(state, sched, total_steps)
     while not stop and state["epoch"] < sched["epochs"]:
         batches = train_shard.iter_torch_batches(
             batch_size=sched["batch_size"],

@@ -152,7 +152,7 @@ def train_loop(cfg: dict[str, Any]) -> None:  # noqa: PLR0915 - one loop, top to
     if state["step"] == 0:  # the base model's validation loss is the bar to beat
         state["base_val"] = _val_loss(net, val_shard, sched["batch_size"], loss)[0]
         state["best_val"] = state["base_val"]
-    stop = False
+    stop = raytrain.finished(state, sched, total_steps)
     while not stop and state["epoch"] < sched["epochs"]:
         batches = train_shard.iter_batches(
             batch_size=sched["batch_size"],
