@@ -309,7 +309,9 @@ class NeuralGenerator(Generator):
     def perplexity(self, token_lists, style: str, keys: list[str]) -> float:
         """exp(mean NLL) over every token of the given pieces (EOS included). Long pieces are
         cut into consecutive windows of the training length, each behind the conditioning
-        prefix, as in training; the prefix is given, never scored."""
+        prefix (given, never scored), so every token is scored once. Unlike training
+        windows, which start on a bar, windows after a piece's first may start mid-bar;
+        every neural configuration is scored on the same windows."""
         body = self.seq_len - 3
         total, count = 0.0, 0
         for toks, key in zip(token_lists, keys, strict=True):
