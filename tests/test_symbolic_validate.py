@@ -169,14 +169,10 @@ def held_note_midi(*deltas: int, ticks_per_quarter: int = 10_080) -> bytes:
 def test_a_tiny_file_with_huge_delta_times_is_refused_before_any_allocation():
     """pretty_midi sizes a float64 table by the largest tick: three of the largest delta
     times MIDI can hold, in 50 bytes, would ask for 6.4 GB and get the worker killed."""
-    import time
-
     data = held_note_midi(2**28 - 1, 2**28 - 1, 2**28 - 1)
     assert len(data) < 60
-    started = time.monotonic()
     with pytest.raises(ValueError, match="largest tick of 805306366"):
         midi_io.load_midi(data)
-    assert time.monotonic() - started < 1
     stats, reason, _ = v.assess(data, v.ValidateConfig())
     assert (stats, reason) == (None, "midi_unreadable")
 
