@@ -103,3 +103,13 @@ def test_declared_length_is_refused_before_decoding():
     # An honest header under the limit decodes as before.
     x, sr = audio.decode(_flac_declaring(16_000), max_seconds=600)
     assert x.shape == (8, 16_000) and sr == 8_000
+
+
+def test_a_rate_and_channels_beyond_music_are_refused_before_decoding():
+    # 1 s of 8 channels at 384 kHz: 3.1M samples, over the 384k of 192 kHz stereo for 1 s.
+    x = np.zeros((8, 384_000), np.float32)
+    data = wav(x, sr=384_000, fmt="FLAC")
+    with pytest.raises(audio.AudioError, match="too_large: the header declares 384000 frames x 8"):
+        audio.decode(data, max_seconds=1.0)
+    assert audio.decode(data, max_seconds=8.0)[0].shape == (8, 384_000)
+    assert audio.decode(wav(tone(2.0, channels=2)), max_seconds=2.0)[0].shape == (2, 2 * SR)

@@ -194,6 +194,10 @@ def test_audio_limits_are_json_4xx_before_the_work(server, tiny_corpus):
     r = post(client, "transcribe", _flac(np.zeros(3600 * 8_000, np.int16), 8_000))
     assert (r.status_code, r.json()["error"]) == (422, "audio_too_long"), r.text
     assert "header declares 3600.0 s" in r.json()["detail"]
+    # 4 s of 8 channels at 384 kHz: within the length, but 12.3M samples, over 30 s of
+    # 192 kHz stereo (11.5M).
+    r = post(client, "transcribe", _flac(np.zeros((4 * 384_000, 8), np.int16), 384_000))
+    assert (r.status_code, r.json()["error"]) == (413, "audio_too_large"), r.text
     # 100 samples: at 22,050 Hz, and at 1 MHz (about 2 samples once resampled).
     for sr in (22_050, 1_000_000):
         tone = 0.3 * np.sin(np.arange(100) / 5).astype(np.float32)

@@ -81,6 +81,16 @@ def decode(data: bytes, max_seconds: float | None = None) -> tuple[np.ndarray, i
         )
     if max_seconds is not None and info.samplerate > 0:
         _check_max_seconds(info.frames / info.samplerate, max_seconds, "the header declares ")
+        # Within the length, a rate and channel count far beyond music's can still ask for
+        # gigabytes (8 channels at 655 kHz): allow what max_seconds of 192 kHz stereo holds.
+        samples, most = info.frames * info.channels, int(max_seconds * 192_000 * 2)
+        if samples > most:
+            raise AudioError(
+                "too_large",
+                f"the header declares {info.frames} frames x {info.channels} channels at "
+                f"{info.samplerate} Hz; at most {most} samples (192 kHz stereo for "
+                f"{max_seconds:g} s) are decoded",
+            )
     try:
         x, sr = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError) as e:

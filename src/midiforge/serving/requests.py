@@ -28,6 +28,7 @@ _AUDIO_STATUS = {
     "truncated": (422, "corrupt_audio"),
     "nan_or_inf": (422, "invalid_samples"),
     "too_long": (422, "audio_too_long"),
+    "too_large": (413, "audio_too_large"),
 }
 # basic-pitch reads one frame per 256-sample hop at 22,050 Hz and its note decoding fails
 # on a clip without a whole frame (under ~12 ms). 0.1 s (8 frames) stays clear of that
