@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -171,6 +172,19 @@ def test_unknown_model_is_a_clear_error(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(StyleModelError, match=r"without model\.onnx"):
         resolve_model_dir(tmp_path / "empty")
+
+
+def test_the_service_resolves_names_in_the_registry_only(tmp_path, monkeypatch):
+    """A folder in the working directory serves the CLI (`--model DIR`), but a model name
+    from a request to the service must never load one."""
+    from midiforge.classifiers.style.classifier import registry_model_dir
+
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "model.onnx").write_bytes(b"onnx")
+    monkeypatch.chdir(tmp_path)
+    assert resolve_model_dir("runs") == Path("runs")
+    with pytest.raises(StyleModelError, match="style model 'runs' not found"):
+        registry_model_dir("runs", str(tmp_path / "reg"))
 
 
 def test_train_command_flags_reach_the_config(monkeypatch):

@@ -146,10 +146,11 @@ class Classification:
 
     @serve.multiplexed(max_num_models_per_replica=2)
     async def get_model(self, model_id: str):
-        from midiforge.classifiers.style.classifier import StyleClassifier, resolve_model_dir
+        from midiforge.classifiers.style.classifier import StyleClassifier, registry_model_dir
 
         def load():
-            folder = resolve_model_dir(model_id, self.settings.models_root)
+            # The registry only: a request's model name never names a folder on the replica.
+            folder = registry_model_dir(model_id, self.settings.models_root)
             return StyleClassifier.load(folder, threads=self.settings.threads)
 
         clf = await asyncio.get_running_loop().run_in_executor(None, load)

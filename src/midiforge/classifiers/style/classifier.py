@@ -55,20 +55,24 @@ class StyleModelError(MidiforgeError, LookupError):
 def resolve_model_dir(name_or_path: str | Path, models_root: str | None = None) -> Path:
     """A folder holding model.onnx, or a registry name of kind style-classifier -> folder.
     A local folder wins over a registry name of the same spelling, since the user sees it."""
-    from midiforge.registry import Registry, RegistryError
-
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         if not (path / MODEL_FILE).is_file():
             raise StyleModelError(f"{path} is a folder without {MODEL_FILE}")
         return path
+    return registry_model_dir(str(name_or_path), models_root, "no such folder, and ")
+
+
+def registry_model_dir(name: str, models_root: str | None = None, why: str = "") -> Path:
+    """A registry name of kind style-classifier -> its folder (never a local path: what the
+    service resolves from a request's model name)."""
+    from midiforge.registry import Registry, RegistryError
+
     reg = Registry(models_root)
     try:
-        manifest = reg.manifest(str(name_or_path))
+        manifest = reg.manifest(name)
     except RegistryError as e:
-        raise StyleModelError(
-            f"style model {str(name_or_path)!r} not found: no such folder, and {e}"
-        ) from None
+        raise StyleModelError(f"style model {name!r} not found: {why}{e}") from None
     if manifest.kind != KIND:
         raise StyleModelError(f"model {manifest.name!r} is a {manifest.kind}, not a {KIND}")
     return reg.fetch(manifest.name)
