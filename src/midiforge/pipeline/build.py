@@ -232,7 +232,9 @@ def _current_rows(table: pa.Table, wanted: dict[str, str]) -> pa.Table:
     return table.filter(pa.array(keep, pa.bool_())).drop_columns(["path", "status"])
 
 
-def _write_dataset(cfg: DatasetConfig, splits: dict[str, str]) -> None:
+def _write_dataset(cfg: DatasetConfig, splits: dict[str, str], files: dict[str, str]) -> None:
+    """The final phase: each accepted piece of `splits` read from its winning work file
+    (`files`: {piece_id: path}), augmented, tokenized, written by split."""
     import ray
 
     fs, base = _filesystem(cfg.out)
@@ -244,11 +246,10 @@ def _write_dataset(cfg: DatasetConfig, splits: dict[str, str]) -> None:
             empty = schema.DATASET.empty_table().drop(["split"])
             pq.write_table(empty, f"{target}/split={split}/part-0.parquet", filesystem=fs)
         return
-    winners = work.winning_files(cfg.out)
-    wanted = {i: work.file_name(winners[i]) for i in splits}
+    wanted = {i: work.file_name(files[i]) for i in splits}
     keep = [n for n in schema.WORK.names if n in schema.DATASET.names or n == "status"]
     ds = ray.data.read_parquet(
-        sorted({winners[i] for i in splits}),
+        sorted({files[i] for i in splits}),
         filesystem=fs,
         columns=keep,
         include_paths=True,
@@ -309,9 +310,13 @@ def build_dataset(cfg: DatasetConfig, address: str | None = None) -> dict[str, A
         process_inputs(cfg, todo, checks)
     ids = {i.piece_id for i in inputs}
     meta_cols = [n for n in schema.WORK.names if n not in ("midi", "tokens")]
-    meta = work.read_work(cfg.out, columns=meta_cols)
+    meta = work.read_work(cfg.out, columns=meta_cols, with_file=True)
     meta = meta.filter(pa.array([p in ids for p in meta.column("piece_id").to_pylist()]))
     ok = meta.filter(pa.compute.equal(meta.column("status"), "ok"))
+    files = dict(
+        zip(ok.column("piece_id").to_pylist(), ok.column("work_file").to_pylist(), strict=True)
+    )
+    meta = meta.drop_columns(["work_file"])
     strata = zip(
         ok.column("piece_id").to_pylist(),
         ok.column("tier").to_pylist(),
@@ -319,7 +324,7 @@ def build_dataset(cfg: DatasetConfig, address: str | None = None) -> dict[str, A
         strict=True,
     )
     splits = assign_splits(list(strata), tuple(cfg.split), cfg.seed)
-    _write_dataset(cfg, splits)
+    _write_dataset(cfg, splits, files)
     rejected = meta.filter(pa.compute.equal(meta.column("status"), "rejected"))
     pq.write_table(
         rejected.select(schema.REJECTS.names).cast(schema.REJECTS),

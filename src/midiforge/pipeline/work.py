@@ -84,31 +84,26 @@ def _winners(ids_by_file: Iterable[tuple[str, list[str]]]) -> dict[str, str]:
     return win
 
 
-def winning_files(out: str) -> dict[str, str]:
-    """{piece_id: path of the work file whose row for it counts} (see _winners)."""
-    fs, _ = _filesystem(out)
-    paths = {file_name(p): p for p in work_files(out)}
-    ids = (
-        (name, pq.read_table(p, filesystem=fs, columns=["piece_id"]).column(0).to_pylist())
-        for name, p in paths.items()
-    )
-    return {i: paths[name] for i, name in _winners(ids).items()}
-
-
-def read_work(out: str, columns: list[str] | None = None) -> pa.Table:
-    """All work rows, one per piece: its row in its winning file (see _winners)."""
+def read_work(out: str, columns: list[str] | None = None, *, with_file: bool = False) -> pa.Table:
+    """All work rows, one per piece: its row in its winning file (see _winners).
+    with_file: add `work_file`, the path of that file (what the final phase reads)."""
     fs, _ = _filesystem(out)
     names = columns or schema.WORK.names
     read = list(dict.fromkeys(["piece_id", *names]))
-    tables = {file_name(p): pq.read_table(p, filesystem=fs, columns=read) for p in work_files(out)}
+    paths = {file_name(p): p for p in work_files(out)}
+    tables = {name: pq.read_table(p, filesystem=fs, columns=read) for name, p in paths.items()}
     if not tables:
-        return schema.WORK.empty_table().select(names)
+        empty = schema.WORK.empty_table().select(names)
+        return empty.append_column("work_file", pa.array([], pa.string())) if with_file else empty
     win = _winners((name, t.column("piece_id").to_pylist()) for name, t in tables.items())
-    kept = [
-        t.filter(pa.array([win[i] == name for i in t.column("piece_id").to_pylist()], pa.bool_()))
-        for name, t in tables.items()
-    ]
-    return pa.concat_tables(kept).select(names)
+    kept = []
+    for name, table in tables.items():
+        mine = [win[i] == name for i in table.column("piece_id").to_pylist()]
+        rows = table.filter(pa.array(mine, pa.bool_()))
+        kept.append(
+            rows.append_column("work_file", pa.array([paths[name]] * len(rows), pa.string()))
+        )
+    return pa.concat_tables(kept).select([*names, "work_file"] if with_file else names)
 
 
 def _leaves(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

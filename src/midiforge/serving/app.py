@@ -232,13 +232,12 @@ async def _answer(call, timeout_s: float):
         raise cause from e
 
 
-def _body_too_large(content_length: str, settings: ServeSettings) -> bool:
-    """Whether a request's declared length exceeds any upload the service accepts. An
-    absent or malformed one is left to the server and to the upload's own checks."""
+def _body_too_large(content_length: str, limit: int) -> bool:
+    """Whether a request's declared length exceeds `limit`. An absent or malformed one is
+    left to the server and to the upload's own checks."""
     if not (content_length.isascii() and content_length.isdigit()):
         return False
     # int() refuses thousands of digits, and 19 digits exceed any limit anyway.
-    limit = settings.max_upload_bytes + MULTIPART_SLACK_BYTES
     return len(content_length) > 18 or int(content_length) > limit
 
 
@@ -255,6 +254,7 @@ def make_fastapi(settings: ServeSettings):
     from starlette.exceptions import HTTPException
 
     api = FastAPI(title="midiforge", version="0.1.0", description="Audio to MIDI on Ray Serve")
+    body_limit = settings.max_upload_bytes + MULTIPART_SLACK_BYTES
 
     @api.exception_handler(RequestError)
     async def _request_error(_: Request, e: RequestError):
@@ -278,10 +278,9 @@ def make_fastapi(settings: ServeSettings):
             expected = f"Bearer {token}"
             if not hmac.compare_digest(given.encode(), expected.encode()):
                 return _error(401, "unauthorized", "missing or wrong bearer token")
-        if _body_too_large(request.headers.get("content-length", ""), settings):
+        if _body_too_large(request.headers.get("content-length", ""), body_limit):
             # Refused before FastAPI parses the form, which would spool all of it first.
-            limit = settings.max_upload_bytes + MULTIPART_SLACK_BYTES
-            return _error(413, "upload_too_large", f"request body over {limit} bytes")
+            return _error(413, "upload_too_large", f"request body over {body_limit} bytes")
         try:
             return await call_next(request)
         except Exception as e:  # a replica answers every request, even on a bug
