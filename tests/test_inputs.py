@@ -1,11 +1,19 @@
 """Listing inputs from folders and from S3 (moto on loopback); stable ids; kinds by extension."""
 
 import uuid
+from pathlib import Path
 
 import boto3
 import pytest
 
-from midiforge.pipeline.inputs import TooLargeError, list_files, list_inputs, piece_id, read_bytes
+from midiforge.pipeline.inputs import (
+    TooLargeError,
+    linked_pieces,
+    list_files,
+    list_inputs,
+    piece_id,
+    read_bytes,
+)
 
 
 def test_mixed_folder_under_both_flags(tmp_path):
@@ -20,6 +28,35 @@ def test_mixed_folder_under_both_flags(tmp_path):
                      "d.FLAC": ("audio", 2), "a.mid": ("midi", 1)}  # fmt: skip
     ref = next(i for i in inputs if i.source_uri.endswith("a.wav")).reference_uri
     assert ref.endswith("refs/a.mid")
+
+
+def test_one_song_in_several_files_is_linked(tmp_path):
+    """Linked: an audio file and its reference MIDI when that is an input too; files that
+    differ only in extension in one folder. Not linked: the same name in another folder
+    without a reference, or a reference that is not an input."""
+    for rel in ("audio/fiddle/t1.wav", "audio/fiddle/t2.wav", "audio/fiddle/t3.wav",
+                "midi/fiddle/t1.mid", "midi/fiddle/t2.mid", "mixed/s.flac", "mixed/s.mid",
+                "mixed/s.ogg", "mixed/u.mid", "other/u.wav", "refs/t3.mid"):  # fmt: skip
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"x")
+    inputs = list_inputs(
+        [str(tmp_path / "audio"), str(tmp_path / "mixed"), str(tmp_path / "other")],
+        [str(tmp_path / "midi"), str(tmp_path / "mixed")],
+        style="fiddle", style_from_folder=False, tier_midi=1,
+        reference_midi=[str(tmp_path / "refs"), str(tmp_path / "midi")],
+    )  # fmt: skip
+    rel = {i.piece_id: str(Path(i.source_uri).relative_to(tmp_path)) for i in inputs}
+    groups: dict[str, set[str]] = {}
+    for p, g in linked_pieces(inputs).items():
+        groups.setdefault(g, set()).add(rel[p])
+    assert sorted(map(sorted, groups.values())) == [
+        ["audio/fiddle/t1.wav", "midi/fiddle/t1.mid"],
+        ["audio/fiddle/t2.wav", "midi/fiddle/t2.mid"],
+        ["mixed/s.flac", "mixed/s.mid", "mixed/s.ogg"],
+    ]
+    # a group's id is its smallest piece_id, so it does not depend on the listing order
+    assert all(g == min(p for p, h in linked_pieces(inputs).items() if h == g) for g in groups)
+    assert linked_pieces(list(reversed(inputs))) == linked_pieces(inputs)
 
 
 def test_midi_among_audio_only_is_unknown(tmp_path):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -108,6 +109,31 @@ def test_splits_and_augmentation(built):
         aug = json.loads(r["augmentation"])
         shift = aug["transpose"] + 12 * aug["octave"]
         assert r["pitch_min"] == base["pitch_min"] + shift
+
+
+def test_a_render_and_its_midi_share_a_split(built, tiny_corpus, tmp_path):
+    """Each render (tier 2) and its MIDI (tier 3, also its reference) are one song. A
+    re-run of the built job's work, with val and test shares large enough to split the
+    two quartets (the one style whose songs all pass validation), puts both files of
+    every song in one split: one quartet in val, the other in test."""
+    out, _ = built
+    shutil.copytree(out, tmp_path / "ds")
+    cfg = DatasetConfig(
+        audio=[str(tiny_corpus / "audio")],
+        midi=[str(tiny_corpus / "midi")],
+        style_from_folder=True,
+        reference_midi=[str(tiny_corpus / "midi")],
+        out=str(tmp_path / "ds"),
+        seed=3,
+        split=(0.34, 0.33, 0.33),
+    )
+    build_dataset(cfg)
+    songs: dict[tuple[str, str], set[str]] = {}
+    for r in read_dataset(tmp_path / "ds").to_pylist():
+        songs.setdefault((r["style"], Path(r["source_uri"]).stem), set()).add(r["split"])
+    assert {st for st, _ in songs} == {"fiddle", "folk", "quartet"}
+    assert all(len(s) == 1 for s in songs.values()), songs
+    assert sorted(s.pop() for (st, _), s in songs.items() if st == "quartet") == ["test", "val"]
 
 
 def test_same_seed_same_dataset_with_separate_stages(built, tiny_corpus, tmp_path):

@@ -208,6 +208,28 @@ def test_splits_are_stratified_deterministic_and_by_piece():
     assert split.split_counts(2, (0.8, 0.1, 0.1)) == (2, 0, 0)
 
 
+def test_a_song_in_two_forms_keeps_one_split():
+    """Songs given as audio (tier 2) and as MIDI (tier 3): without links the two strata
+    split independently and some songs land in two splits; with links every song has
+    one split, the songs still split 8/1/1, and unlinked pieces keep their split."""
+    songs = [f"{i:02d}" for i in range(20)]
+    audio = {s: f"a{s}{'0' * 13}" for s in songs}
+    midi = {s: f"b{s}{'0' * 13}" for s in songs}
+    pieces = [(audio[s], 2, "fiddle") for s in songs] + [(midi[s], 3, "fiddle") for s in songs]
+    solo = [(f"c{i:015x}", 3, "folk") for i in range(10)]
+    frac = (0.8, 0.1, 0.1)
+    unlinked = split.assign_splits(pieces + solo, frac, seed=0)
+    assert any(unlinked[audio[s]] != unlinked[midi[s]] for s in songs)
+    groups = {p: f"g{s}" for s in songs for p in (audio[s], midi[s])}
+    linked = split.assign_splits(pieces + solo, frac, seed=0, groups=groups)
+    assert all(linked[audio[s]] == linked[midi[s]] for s in songs)
+    assert Counter(linked[audio[s]] for s in songs) == {"train": 16, "val": 2, "test": 2}
+    assert {p: linked[p] for p, *_ in solo} == {p: unlinked[p] for p, *_ in solo}
+    # the lead is the member in the lowest stratum: the audio's split is the one it had
+    assert all(linked[audio[s]] == unlinked[audio[s]] for s in songs)
+    assert linked == split.assign_splits(list(reversed(pieces + solo)), frac, 0, groups)
+
+
 def test_expand_augments_train_only(through_postprocess):
     table = work.to_work_table(through_postprocess)
     ids = table.column("piece_id").to_pylist()

@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 from midiforge import config as cfgmod
 from midiforge.pipeline import report, schema, stages, work
 from midiforge.pipeline.config import DatasetConfig, StageCompute
-from midiforge.pipeline.inputs import Input, _filesystem, list_inputs
+from midiforge.pipeline.inputs import Input, _filesystem, linked_pieces, list_inputs
 from midiforge.pipeline.split import SPLITS, Expand, assign_splits
 from midiforge.symbolic import validate
 from midiforge.transcription.notes import model_decoding
@@ -323,7 +323,11 @@ def build_dataset(cfg: DatasetConfig, address: str | None = None) -> dict[str, A
         ok.column("style").to_pylist(),
         strict=True,
     )
-    splits = assign_splits(list(strata), tuple(cfg.split), cfg.seed)
+    groups = linked_pieces(inputs)
+    if groups:
+        log.info("%d inputs are %d songs in two or more files; each song keeps one split",
+                 len(groups), len(set(groups.values())))  # fmt: skip
+    splits = assign_splits(list(strata), tuple(cfg.split), cfg.seed, groups)
     _write_dataset(cfg, splits, files)
     rejected = meta.filter(pa.compute.equal(meta.column("status"), "rejected"))
     pq.write_table(

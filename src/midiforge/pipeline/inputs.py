@@ -115,6 +115,36 @@ def _style_for(uri: str, style: str | None, from_folder: bool) -> str:
     return style or "unknown"
 
 
+def linked_pieces(inputs: list[Input]) -> dict[str, str]:
+    """{piece_id: group id} for inputs that are one song in more than one file: an audio
+    file and the input matched to it as its reference MIDI, or files that differ only in
+    their extension in one folder (song.wav, song.mid). The split keeps a group together,
+    so a song's transcription never trains a model that is tested on its MIDI. A group's
+    id is its smallest piece_id; inputs linked to nothing are left out."""
+    parent = {i.piece_id: i.piece_id for i in inputs}
+
+    def root(p: str) -> str:
+        while parent[p] != p:
+            parent[p] = p = parent[parent[p]]
+        return p
+
+    def union(a: str, b: str) -> None:
+        ra, rb = root(a), root(b)
+        parent[max(ra, rb)] = min(ra, rb)
+
+    by_uri = {i.source_uri: i.piece_id for i in inputs}
+    by_song: dict[str, str] = {}
+    for i in inputs:
+        if i.reference_uri in by_uri:
+            union(i.piece_id, by_uri[i.reference_uri])
+        song = str(_name(i.source_uri).with_suffix(""))
+        union(i.piece_id, by_song.setdefault(song, i.piece_id))
+    groups: dict[str, list[str]] = {}
+    for p in parent:
+        groups.setdefault(root(p), []).append(p)
+    return {p: g for g, members in groups.items() if len(members) > 1 for p in members}
+
+
 def list_inputs(
     audio: list[str],
     midi: list[str],

@@ -1,7 +1,8 @@
-"""80/10/10 split by piece, stratified by tier and style; then augmentation of the chosen splits.
+"""80/10/10 split by piece, stratified by tier and style, a song given in two forms (audio
+and MIDI) kept in one split; then augmentation of the chosen splits.
 
-The split depends only on (seed, the set of accepted pieces and their tiers and styles), never on
-the order work finished in, so resumed and uninterrupted runs agree. Augmented copies
+The split depends only on (seed, the set of accepted pieces, their tiers, styles and links),
+never on the order work finished in, so resumed and uninterrupted runs agree. Augmented copies
 keep their piece's split: no piece crosses splits.
 """
 
@@ -37,22 +38,37 @@ def split_counts(n: int, fractions: tuple[float, float, float]) -> tuple[int, in
 
 
 def assign_splits(
-    pieces: list[tuple], fractions: tuple[float, float, float], seed: int
+    pieces: list[tuple],
+    fractions: tuple[float, float, float],
+    seed: int,
+    groups: dict[str, str] | None = None,
 ) -> dict[str, str]:
     """{piece_id: split} for (piece_id, *stratum) tuples, e.g. (piece_id, tier, style).
 
-    Each stratum is split on its own, so every style (of every tier) with 3+ pieces has
-    validation and test pieces: a style-conditioned model is evaluated on each style."""
-    out: dict[str, str] = {}
+    Each stratum is split on its own, so every style (of every tier) with 3+ songs has
+    validation and test pieces: a style-conditioned model is evaluated on each style.
+    `groups` ({piece_id: group id}, from `inputs.linked_pieces`) names pieces that are
+    one song: a group is split as one piece, its lead (lowest stratum, then rank) stands
+    for it in the lead's stratum, and every member takes the lead's split. Pieces in no
+    group split exactly as they would without groups."""
+    groups = groups or {}
+    stratum_of = {p: tuple(stratum) for p, *stratum in pieces}
+    members: dict[str, list[str]] = {}
+    for p in stratum_of:
+        members.setdefault(groups.get(p, p), []).append(p)
+    lead = {
+        g: min(ps, key=lambda p: (repr(stratum_of[p]), _rank(seed, p))) for g, ps in members.items()
+    }
     strata: dict[tuple, set[str]] = {}
-    for p, *stratum in pieces:
-        strata.setdefault(tuple(stratum), set()).add(p)
+    for p in lead.values():
+        strata.setdefault(stratum_of[p], set()).add(p)
+    lead_split: dict[str, str] = {}
     for key in sorted(strata, key=repr):
         ids = sorted(strata[key], key=lambda p: _rank(seed, p))
         n_train, n_val, _ = split_counts(len(ids), fractions)
         for i, p in enumerate(ids):
-            out[p] = "train" if i < n_train else "val" if i < n_train + n_val else "test"
-    return out
+            lead_split[p] = "train" if i < n_train else "val" if i < n_train + n_val else "test"
+    return {p: lead_split[lead[groups.get(p, p)]] for p in stratum_of}
 
 
 def _piece_rng(seed: int, piece_id: str) -> np.random.Generator:
