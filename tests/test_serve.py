@@ -289,8 +289,14 @@ def test_generate_answers_with_registry_models_and_the_rule_baseline(server):
     r = client.post("/v1/generate", json=body, headers=AUTH)
     assert r.status_code == 200, r.text
     assert midi_io.load_midi(r.content).time_signature_changes[0].numerator == 12
+    # Least recently used first, as Serve's LRU holds them; "nope" (404) evicted nothing.
     models = client.get("/v1/models", headers=AUTH).json()
-    assert set(models["generator"]["loaded"]) == {"rules", "tiny-lm"}
+    assert models["generator"]["loaded"] == ["tiny-lm", "rules"]
+    _random_lm(str(reg), "tiny-lm-2")
+    body = {"model": "tiny-lm-2", "style": "fiddle", "bars": 2}
+    assert client.post("/v1/generate", json=body, headers=AUTH).status_code == 200
+    models = client.get("/v1/models", headers=AUTH).json()
+    assert models["generator"]["loaded"] == ["rules", "tiny-lm-2"]  # tiny-lm was evicted
 
 
 def test_token_auth(server):

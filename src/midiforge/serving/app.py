@@ -35,22 +35,76 @@ log = logging.getLogger(__name__)
 # Room for the multipart boundaries and part headers (the file name among them) around an
 # upload of max_upload_bytes, so a request's Content-Length alone can refuse a larger one.
 MULTIPART_SLACK_BYTES = 64 * 1024
+# Models each replica holds at once (Serve's multiplexed LRU): a few transcribers, whose
+# sessions are small; fewer language models and classifiers.
+TRANSCRIBER_MODELS = 3
+GENERATOR_MODELS = 2
+CLASSIFIER_MODELS = 2
+
+
+def registry_check(
+    models_root: str | None, kind: str, builtin: tuple[str, ...] = ()
+) -> Callable[[str], None]:
+    """name -> None when the registry holds a model of `kind` by that name (or it is one
+    of `builtin`); RegistryError (a 404) otherwise."""
+
+    def check(name: str) -> None:
+        from midiforge.registry import Registry, RegistryError
+
+        if name in builtin:
+            return
+        manifest = Registry(models_root).manifest(name)
+        if manifest.kind != kind:
+            raise RegistryError(f"model {name!r} is a {manifest.kind}, not a {kind}")
+
+    return check
+
+
+def _any(name: str) -> None:
+    """Every name passes: the check for a loader that knows its own names."""
 
 
 def registry_loader(settings: ServeSettings) -> Callable[[str], Any]:
     """name -> OnnxTranscriber for a transcription model of the registry."""
+    check = registry_check(settings.models_root, "transcriber")
 
     def load(name: str):
-        from midiforge.registry import Registry, RegistryError
+        from midiforge.registry import Registry
         from midiforge.transcription.runner import OnnxTranscriber
 
-        reg = Registry(settings.models_root)
-        manifest = reg.manifest(name)
-        if manifest.kind != "transcriber":
-            raise RegistryError(f"model {name!r} is a {manifest.kind}, not a transcriber")
-        return OnnxTranscriber(reg.model_file(name), intra_op_threads=settings.threads)
+        check(name)
+        model = Registry(settings.models_root).model_file(name)
+        return OnnxTranscriber(model, intra_op_threads=settings.threads)
 
     return load
+
+
+class HeldModels:
+    """The model names a replica holds, least recently used first, kept in step with Serve's
+    multiplexed LRU: a request for a held model moves it to the end; a load at capacity
+    first drops the least recently used, as Serve does before it calls the loader.
+
+    `get` checks a name that is not held before asking Serve for it: Serve drops a model
+    to make room before loading, so a name that cannot load would cost a held model."""
+
+    def __init__(self, capacity: int, check: Callable[[str], None]) -> None:
+        self.capacity = capacity
+        self.check = check
+        self.names: list[str] = []
+
+    def loading(self) -> None:
+        if len(self.names) >= self.capacity:
+            del self.names[0]
+
+    def used(self, name: str) -> None:
+        self.names = [*[n for n in self.names if n != name], name][-self.capacity :]
+
+    async def get(self, name: str, get_model: Callable[[str], Any]) -> Any:
+        if name not in self.names:
+            await asyncio.get_running_loop().run_in_executor(None, self.check, name)
+        model = await get_model(name)
+        self.used(name)
+        return model
 
 
 @serve.deployment
@@ -60,15 +114,16 @@ class Transcriber:
     def __init__(self, settings: dict[str, Any], loader: Callable[[str], Any] | None = None):
         self.settings = cfgmod.from_dict(ServeSettings, settings)
         self.loader = loader or registry_loader(self.settings)
-        self.loaded: list[str] = []
+        # An injected loader decides alone which names it knows.
+        check = registry_check(self.settings.models_root, "transcriber") if loader is None else _any
+        self.held = HeldModels(TRANSCRIBER_MODELS, check)
         self._run.set_max_batch_size(self.settings.batch_max_size)
         self._run.set_batch_wait_timeout_s(self.settings.batch_wait_timeout_s)
 
-    @serve.multiplexed(max_num_models_per_replica=3)
+    @serve.multiplexed(max_num_models_per_replica=TRANSCRIBER_MODELS)
     async def get_model(self, model_id: str):
-        runner = await asyncio.get_running_loop().run_in_executor(None, self.loader, model_id)
-        self.loaded = [*[m for m in self.loaded if m != model_id][-2:], model_id]
-        return runner
+        self.held.loading()
+        return await asyncio.get_running_loop().run_in_executor(None, self.loader, model_id)
 
     @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.02)  # ServeSettings sets both
     async def _run(self, items: list[tuple[Any, np.ndarray]]) -> list[dict[str, np.ndarray]]:
@@ -91,14 +146,14 @@ class Transcriber:
         from midiforge.transcription.notes import NoteDecoding, decode_notes
 
         model_id = serve.get_multiplexed_model_id() or self.settings.default_model
-        runner = await self.get_model(model_id)
+        runner = await self.held.get(model_id, self.get_model)
         out = await self._run((runner, clip))
         # Unset thresholds: the model's own calibrated ones (injected runners may have none).
         cfg = NoteDecoding(**decoding).resolve(getattr(runner, "decoding", None))
         return await asyncio.get_running_loop().run_in_executor(None, decode_notes, out, cfg)
 
     def models(self) -> list[str]:
-        return list(self.loaded)
+        return list(self.held.names)
 
 
 @serve.deployment
@@ -107,32 +162,36 @@ class Generation:
     up to 2 per replica (multiplexed by name), each on onnxruntime with its KV cache."""
 
     def __init__(self, settings: dict[str, Any]):
-        self.settings = cfgmod.from_dict(ServeSettings, settings)
-        self.loaded: list[str] = []
+        from midiforge.lm.generate import RULES
 
-    @serve.multiplexed(max_num_models_per_replica=2)
+        self.settings = cfgmod.from_dict(ServeSettings, settings)
+        self.held = HeldModels(
+            GENERATOR_MODELS, registry_check(self.settings.models_root, "lm", builtin=(RULES,))
+        )
+
+    @serve.multiplexed(max_num_models_per_replica=GENERATOR_MODELS)
     async def get_model(self, model_id: str):
         from midiforge.lm.generate import Generator
+
+        self.held.loading()
 
         def load():
             return Generator.load(
                 model_id, self.settings.models_root, threads=self.settings.threads
             )
 
-        gen = await asyncio.get_running_loop().run_in_executor(None, load)
-        self.loaded = [*[m for m in self.loaded if m != model_id][-1:], model_id]
-        return gen
+        return await asyncio.get_running_loop().run_in_executor(None, load)
 
     async def generate(self, request: dict[str, Any]) -> bytes:
         from midiforge.lm.generate import GenerateRequest
 
-        gen = await self.get_model(serve.get_multiplexed_model_id())
+        gen = await self.held.get(serve.get_multiplexed_model_id(), self.get_model)
         req = GenerateRequest(**request)
         loop = asyncio.get_running_loop()
         return (await loop.run_in_executor(None, gen.generate, req)).midi
 
     def models(self) -> list[str]:
-        return list(self.loaded)
+        return list(self.held.names)
 
 
 @serve.deployment
@@ -141,31 +200,33 @@ class Classification:
     by name), each one onnxruntime session on its log-mel clips (no torch)."""
 
     def __init__(self, settings: dict[str, Any]):
-        self.settings = cfgmod.from_dict(ServeSettings, settings)
-        self.loaded: list[str] = []
+        from midiforge.classifiers.style.classifier import KIND
 
-    @serve.multiplexed(max_num_models_per_replica=2)
+        self.settings = cfgmod.from_dict(ServeSettings, settings)
+        self.held = HeldModels(CLASSIFIER_MODELS, registry_check(self.settings.models_root, KIND))
+
+    @serve.multiplexed(max_num_models_per_replica=CLASSIFIER_MODELS)
     async def get_model(self, model_id: str):
         from midiforge.classifiers.style.classifier import StyleClassifier, registry_model_dir
+
+        self.held.loading()
 
         def load():
             # The registry only: a request's model name never names a folder on the replica.
             folder = registry_model_dir(model_id, self.settings.models_root)
             return StyleClassifier.load(folder, threads=self.settings.threads)
 
-        clf = await asyncio.get_running_loop().run_in_executor(None, load)
-        self.loaded = [*[m for m in self.loaded if m != model_id][-1:], model_id]
-        return clf
+        return await asyncio.get_running_loop().run_in_executor(None, load)
 
     async def classify(self, clip: np.ndarray, top: int) -> list[tuple[str, float]]:
         from midiforge.audio import TRANSCRIPTION_SR
 
-        clf = await self.get_model(serve.get_multiplexed_model_id())
+        clf = await self.held.get(serve.get_multiplexed_model_id(), self.get_model)
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(None, clf.predict, clip, TRANSCRIPTION_SR, top)
 
     def models(self) -> list[str]:
-        return list(self.loaded)
+        return list(self.held.names)
 
 
 class GenerateBody(BaseModel):
