@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from midiforge import config as cfgmod
 from midiforge import midi_io
@@ -184,6 +185,17 @@ def test_rerunning_a_finished_pretraining_trains_no_further(lm_dataset, tmp_path
     assert run_pretrain(args, [*DEBUG, "--schedule.max_steps=15"]) == 0
     metrics = registry.Registry(models).manifest("twice").metrics
     assert metrics["steps"] == 15 and metrics["resumed_from_step"] == 10
+    # Without a step limit the one epoch decides: the run, stopped mid-epoch, takes only
+    # the batches its epoch has left (each worker's windows in whole batches), validates
+    # and checkpoints at the epoch's end, and a re-run then trains no further.
+    reg = registry.Registry(models)
+    for resumed_from in (15, None):
+        assert run_pretrain(args, [*DEBUG, "--schedule.max_steps=0"]) == 0
+        metrics = reg.manifest("twice").metrics
+        cfg = yaml.safe_load((reg.fetch("twice") / "lm_config.yaml").read_text())
+        per_batch = cfg["schedule"]["batch_size"] * cfg["resources"]["num_workers"]
+        assert metrics["steps"] == metrics["train_windows"] // per_batch > 15
+        assert resumed_from is None or metrics["resumed_from_step"] == resumed_from
 
 
 def test_onnx_export_matches_torch(exported):

@@ -9,16 +9,18 @@ finished run hands over its best model from the last checkpoint alone.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 STATE = "state.pt"
 BEST = "best_model.pt"
+_END = object()
 
 
 @dataclass
@@ -183,9 +185,33 @@ def finished(state: dict[str, Any], sched: dict[str, Any], total_steps: int) -> 
 
 
 def budget_spent(state: dict[str, Any], sched: dict[str, Any], total_steps: int) -> bool:
-    """Out of steps, or past the schedule's wall-clock budget (`max_minutes`, 0 = none)."""
+    """Out of steps or epochs, or past the schedule's wall-clock budget (`max_minutes`, 0 =
+    none)."""
     out_of_time = sched["max_minutes"] and state["elapsed"] > 60 * sched["max_minutes"]
-    return bool(out_of_time or state["step"] >= total_steps)
+    out_of_epochs = state["epoch"] >= sched["epochs"]
+    return bool(out_of_time or out_of_epochs or state["step"] >= total_steps)
+
+
+def epoch_batches(state: dict[str, Any], batches: Iterable[Any]) -> Iterator[Any]:
+    """The batches of the current epoch the run has not taken yet.
+
+    Each batch is counted as taken (`state["epoch_batches"]`) as it is handed out, and the
+    epoch as done (`state["epoch"]`) with its last one, so that a report in the loop's body
+    saves where the run is and the final epoch's last step counts as the end of the budget.
+    A run resumed mid-epoch skips as many batches as it took before its checkpoint: the
+    epoch keeps its length. (Ray Data need not repeat its order on a resume, so the windows
+    skipped are not always the ones taken.)"""
+    it = itertools.islice(iter(batches), state.get("epoch_batches", 0), None)
+    batch = next(it, _END)
+    if batch is _END:  # nothing left of this epoch
+        state["epoch"], state["epoch_batches"] = state["epoch"] + 1, 0
+    while batch is not _END:
+        following = next(it, _END)
+        state["epoch_batches"] = state.get("epoch_batches", 0) + 1
+        if following is _END:
+            state["epoch"], state["epoch_batches"] = state["epoch"] + 1, 0
+        yield batch
+        batch = following
 
 
 def track_best(state: dict[str, Any], val: float, net, best, patience: int):
@@ -231,7 +257,8 @@ def start(net, sched: dict[str, Any], total_steps: int, rank: int, tensorboard: 
     params = [p for p in net.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=sched["lr"], weight_decay=sched["weight_decay"])
     lr_sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(sched["warmup_steps"], total_steps))
-    state = {"step": 0, "epoch": 0, "best_val": float("inf"), "bad_evals": 0, "elapsed": 0.0}
+    state = {"step": 0, "epoch": 0, "epoch_batches": 0, "best_val": float("inf"),
+             "bad_evals": 0, "elapsed": 0.0}  # fmt: skip
     state, best = restore(net, opt, lr_sched, state)
     net = ray.train.torch.prepare_model(net)
     writer = None

@@ -108,7 +108,7 @@ def train_loop(cfg: dict[str, Any]) -> None:
             local_shuffle_buffer_size=max(64, 8 * sched["batch_size"]),
             local_shuffle_seed=cfg["seed"] + 1000 * state["epoch"] + rank,
         )
-        for batch in batches:
+        for batch in raytrain.epoch_batches(state, batches):
             ids = batch["data"]
             labels = labels_for(ids, pad)
             loss = net(input_ids=ids, labels=labels).loss
@@ -142,7 +142,5 @@ def train_loop(cfg: dict[str, Any]) -> None:
                 tokens_seen, window_t0, losses = 0, time.monotonic(), []
             if stop:
                 break
-        else:
-            state["epoch"] += 1
     if writer:
         writer.close()

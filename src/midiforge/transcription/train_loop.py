@@ -161,7 +161,7 @@ def train_loop(cfg: dict[str, Any]) -> None:  # noqa: PLR0915 - one loop, top to
             local_shuffle_buffer_size=max(64, 8 * sched["batch_size"]),
             local_shuffle_seed=cfg["seed"] + 1000 * state["epoch"] + rank,
         )
-        for batch in batches:
+        for batch in raytrain.epoch_batches(state, batches):
             audio, frames = augment(*decode_batch(batch), aug, rng)
             terms = loss_terms(
                 net(torch.from_numpy(audio), logits=True),
@@ -201,8 +201,6 @@ def train_loop(cfg: dict[str, Any]) -> None:  # noqa: PLR0915 - one loop, top to
             seen, window_t0, losses = 0, time.monotonic(), []
             if stop:
                 break
-        else:
-            state["epoch"] += 1
     if writer:
         writer.close()
 
