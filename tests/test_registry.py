@@ -152,6 +152,53 @@ def test_fetch_caches_by_version(tmp_path):
     assert second.parent != first
 
 
+def test_pull_never_empties_a_folder_of_other_files(tmp_path, monkeypatch):
+    """`models pull --to DIR` replaces an earlier pull, fills a new or empty folder, and
+    refuses a folder of anything else (it used to delete it); `--to .` works."""
+    reg = Registry(str(tmp_path / "root"))
+    reg.push(make_model(tmp_path / "m", b"one"), "m", kind="lm")
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "thesis.txt").write_text("years of work")
+    with pytest.raises(RegistryError, match="not a pulled model"):
+        reg.pull("m", docs)
+    assert [p.name for p in docs.iterdir()] == ["thesis.txt"]
+    out = reg.pull("m", tmp_path / "out")
+    reg.push(make_model(tmp_path / "m2", b"two"), "m", kind="lm")
+    assert (reg.pull("m", out) / "model.onnx").read_bytes() == b"two"  # an earlier pull
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    assert reg.pull("m", ".") == here and (here / "model.onnx").read_bytes() == b"two"
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+def test_concurrent_fetches_of_one_version_all_succeed(tmp_path):
+    """Replicas on one node fetching the same model on a cold cache: every caller gets the
+    verified folder; none deletes another's finished copy or fails on its rename."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    Registry(str(tmp_path / "root")).push(make_model(tmp_path / "m"), "m", kind="lm")
+    for round_ in range(10):
+        cache = tmp_path / f"cache{round_}"
+        regs = [Registry(str(tmp_path / "root"), cache_dir=cache) for _ in range(6)]
+        with ThreadPoolExecutor(6) as pool:
+            paths = list(pool.map(lambda r: r.model_file("m"), regs))
+        assert len(set(paths)) == 1 and paths[0].read_bytes() == b"weights-v1"
+        assert not [p for p in paths[0].parent.iterdir() if ".partial-" in p.name]
+
+
+def test_a_manifest_version_that_leaves_the_cache_is_refused(tmp_path):
+    reg = Registry(str(tmp_path / "root"), cache_dir=tmp_path / "cache")
+    reg.push(make_model(tmp_path / "m"), "m", kind="lm")
+    path = tmp_path / "root" / "m" / "manifest.json"
+    data = json.loads(path.read_text())
+    data["version"] = "../../../outside"
+    path.write_text(json.dumps(data))
+    with pytest.raises(RegistryError, match="invalid version"):
+        reg.fetch("m")
+
+
 def test_unknown_kind_and_missing_model(tmp_path):
     reg = Registry(str(tmp_path / "root"))
     with pytest.raises(RegistryError, match="kind"):

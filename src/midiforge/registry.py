@@ -71,6 +71,15 @@ def validate_name(name: str) -> str:
     return name
 
 
+def validate_new_name(name: str) -> str:
+    """A name a model can be pushed under: valid, and not `stock`. Commands check their
+    output name with it before they train, not at the push after."""
+    validate_name(name)
+    if name == STOCK:
+        raise RegistryError("'stock' is reserved for basic-pitch's shipped model")
+    return name
+
+
 def _safe_relpath(rel: str) -> str:
     """A file path inside a model folder; rejects anything that could escape it."""
     p = PurePosixPath(rel)
@@ -130,6 +139,9 @@ class Manifest:
             raise RegistryError(f"{where}: unreadable manifest ({e})") from None
         if not isinstance(m.files, dict) or not m.files:
             raise RegistryError(f"{where}: manifest lists no files")
+        # The version names a folder, remote and in the local cache: it must stay inside.
+        if not isinstance(m.version, str) or not _NAME_RE.match(m.version) or ".." in m.version:
+            raise RegistryError(f"{where}: invalid version {m.version!r}")
         for rel, info in m.files.items():
             _safe_relpath(rel)
             if not isinstance(info, dict) or not re.fullmatch(
@@ -224,9 +236,7 @@ class Registry:
         metrics: dict[str, Any] | None = None,
     ) -> Manifest:
         """Upload a model folder (or a single .onnx file, stored as model.onnx)."""
-        validate_name(name)
-        if name == STOCK:
-            raise RegistryError("'stock' is reserved for basic-pitch's shipped model")
+        validate_new_name(name)
         src = Path(path)
         files = self._collect(src)
         local_manifest = self._local_json(src, MANIFEST, strict=True)
@@ -315,11 +325,32 @@ class Registry:
 
     # --- pull ----------------------------------------------------------------------
     def pull(self, name: str, to: str | Path) -> Path:
-        """Copy a model into folder `to`, verifying every checksum; returns `to`."""
+        """Copy a model into folder `to`, verifying every checksum; returns `to`. `to` may
+        be new, empty or an earlier pull, which is replaced; a folder that holds anything
+        else is refused, never emptied."""
         manifest = self.manifest(name)
-        dest = Path(to)
+        dest = Path(to).expanduser().absolute()
+        earlier_pull = (dest / MANIFEST).is_file()
+        if dest.exists() and not earlier_pull and (not dest.is_dir() or any(dest.iterdir())):
+            raise RegistryError(
+                f"refusing to pull {name!r} into {dest}: it holds files that are not a "
+                "pulled model; pull into a new or empty folder"
+            )
+        staging = self._stage(manifest, dest)
+        try:
+            if dest.exists():
+                shutil.rmtree(dest)
+            staging.rename(dest)
+        finally:
+            if staging.exists():
+                shutil.rmtree(staging)
+        return dest
+
+    def _stage(self, manifest: Manifest, dest: Path) -> Path:
+        """A verified copy of the model in a new folder beside `dest`, manifest last."""
+        dest.parent.mkdir(parents=True, exist_ok=True)
         staging = dest.with_name(f".{dest.name}.partial-{secrets.token_hex(3)}")
-        staging.mkdir(parents=True)
+        staging.mkdir()
         try:
             for rel, info in manifest.files.items():
                 out = staging / _safe_relpath(rel)
@@ -328,18 +359,15 @@ class Registry:
                 got = sha256_file(out)
                 if got != info["sha256"]:
                     raise RegistryError(
-                        f"model {name!r} version {manifest.version}: file {rel} is corrupted "
-                        f"(sha256 {got[:12]}..., manifest says {info['sha256'][:12]}...); "
-                        "refusing this copy — push the model again"
+                        f"model {manifest.name!r} version {manifest.version}: file {rel} is "
+                        f"corrupted (sha256 {got[:12]}..., manifest says "
+                        f"{info['sha256'][:12]}...); refusing this copy — push the model again"
                     )
             (staging / MANIFEST).write_text(manifest.to_json())
-            if dest.exists():
-                shutil.rmtree(dest)
-            staging.rename(dest)
-        finally:
-            if staging.exists():
-                shutil.rmtree(staging)
-        return dest
+        except BaseException:
+            shutil.rmtree(staging)
+            raise
+        return staging
 
     def _download(self, manifest: Manifest, rel: str, out: Path) -> None:
         if manifest.name == STOCK:
@@ -362,8 +390,18 @@ class Registry:
         key = hashlib.sha256(self.root.encode()).hexdigest()[:12]
         local = self.cache_dir / key / name / manifest.version
         if not (local / MANIFEST).is_file():
-            local.parent.mkdir(parents=True, exist_ok=True)
-            self.pull(name, local)
+            staging = self._stage(manifest, local)
+            try:
+                staging.rename(local)
+            except OSError:
+                # Another process (a replica on the same node) cached this version first.
+                # Versions never change, so its verified copy is this one: keep it, never
+                # delete a finished copy that someone may be loading.
+                if not (local / MANIFEST).is_file():
+                    raise
+            finally:
+                if staging.exists():
+                    shutil.rmtree(staging)
         return local
 
     def model_file(self, name: str, filename: str = "model.onnx") -> Path:
