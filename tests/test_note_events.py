@@ -121,3 +121,24 @@ def test_decoding_does_not_import_basic_pitch_note_creation():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"frame_threshold": -0.1},  # the decoder clears energy to 0 > -0.1: it never ended
+        {"onset_threshold": 0.0},
+        {"onset_threshold": 1.5},
+        {"minimum_note_ms": -1.0},
+        {"minimum_frequency": 500.0, "maximum_frequency": 100.0},
+    ],
+)
+def test_decoding_settings_out_of_range_are_refused(bad):
+    from midiforge.config import ConfigError
+    from midiforge.transcription.notes import NoteDecoding, decode_notes
+
+    rng = np.random.default_rng(0)
+    outputs = {k: rng.random((50, n)).astype(np.float32)
+               for k, n in (("note", 88), ("onset", 88), ("contour", 264))}  # fmt: skip
+    with pytest.raises(ConfigError, match=next(iter(bad))):
+        decode_notes(outputs, NoteDecoding(**bad))

@@ -15,6 +15,7 @@ else from basic-pitch's defaults; a threshold the user sets always wins.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,12 +42,35 @@ class NoteDecoding:
     melodia_trick: bool = True
 
     def resolve(self, model_defaults: Mapping[str, Any] | None = None) -> NoteDecoding:
-        """Every unset threshold filled: from `model_defaults`, else basic-pitch's."""
+        """Every unset threshold filled: from `model_defaults`, else basic-pitch's; the
+        result checked (ConfigError)."""
         filled = {}
         for key, fallback in BASIC_PITCH_DEFAULTS.items():
             if getattr(self, key) is None:
                 filled[key] = float((model_defaults or {}).get(key, fallback))
-        return dataclasses.replace(self, **filled)
+        resolved = dataclasses.replace(self, **filled)
+        resolved.validate_config()
+        return resolved
+
+    def validate_config(self) -> None:
+        """Thresholds strictly between 0 and 1 (at or below 0 the note decoder, which
+        clears energy to 0 as it takes notes, would never finish), a finite minimum length
+        >= 0, positive frequencies, the minimum below the maximum."""
+        from midiforge.config import ConfigError
+
+        for key in ("onset_threshold", "frame_threshold"):
+            value = getattr(self, key)
+            if value is not None and not 0 < value < 1:
+                raise ConfigError(f"{key} must lie between 0 and 1, not {value}")
+        ms = self.minimum_note_ms
+        if ms is not None and not (math.isfinite(ms) and ms >= 0):
+            raise ConfigError(f"minimum_note_ms must be a finite number >= 0, not {ms}")
+        lo, hi = self.minimum_frequency, self.maximum_frequency
+        for key, value in (("minimum_frequency", lo), ("maximum_frequency", hi)):
+            if value is not None and not (math.isfinite(value) and value > 0):
+                raise ConfigError(f"{key} must be a positive number of Hz, not {value}")
+        if lo is not None and hi is not None and lo >= hi:
+            raise ConfigError(f"minimum_frequency {lo} must lie below maximum_frequency {hi}")
 
 
 def model_decoding(model_path: str | Path) -> dict[str, float]:
