@@ -196,6 +196,13 @@ def test_rerunning_a_finished_pretraining_trains_no_further(lm_dataset, tmp_path
         per_batch = cfg["schedule"]["batch_size"] * cfg["resources"]["num_workers"]
         assert metrics["steps"] == metrics["train_windows"] // per_batch > 15
         assert resumed_from is None or metrics["resumed_from_step"] == resumed_from
+    # Other settings under the same name are refused, naming the change: starting a name
+    # again resumes its run, which used to go on (or hand back the old model) silently.
+    from midiforge.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"schedule\.lr: 0\.003 then, 0\.01 now"):
+        run_pretrain(args, [*DEBUG, "--schedule.lr=0.01"])
+    assert reg.manifest("twice").metrics["steps"] == metrics["steps"]
 
 
 def test_onnx_export_matches_torch(exported):

@@ -122,6 +122,16 @@ def test_rerun_finds_the_finished_run_and_trains_no_further(trained):
     assert again["best_val_loss"] == first["best_val_loss"]
     after = load_weights(registry.Registry(cfg.models_root).fetch(NAME) / "weights.pt")
     assert all(torch.equal(v, before.head_state()[k]) for k, v in after.head_state().items())
+    # The same name with other heads to train is another run: refused, naming the change,
+    # where it used to hand back this run's model as if trained so.
+    from midiforge.config import ConfigError
+
+    other = _config(work / "prep", cfg.models_root, cfg.storage)
+    other.trainable = ["note2"]
+    with pytest.raises(
+        ConfigError, match=r"trainable: \['note2', 'onset2'\] then, \['note2'\] now"
+    ):
+        train.run(other)
 
 
 def test_extract_and_compare_by_name(trained, tmp_path):
@@ -188,3 +198,39 @@ def test_serve_answers_with_the_registered_model(trained):
         assert body["model"] == NAME and _same(np.c_[got, np.zeros(len(got))], want)
     finally:
         serve.shutdown()
+
+
+def test_pieces_named_with_a_leading_underscore_or_dot_are_read(tiny_corpus, tmp_path):
+    """Ray Data skips files named "_..." or "." when it reads a folder; a piece's windows
+    are read by name, so `_intro.wav` trains like any other piece."""
+    for kind, ext in (("audio", "wav"), ("midi", "mid")):
+        src = sorted((tiny_corpus / kind / "fiddle").glob(f"*.{ext}"))
+        (tmp_path / kind).mkdir()
+        for name, f in zip(("_intro", ".take", "song"), [*src, src[0]], strict=True):
+            shutil.copyfile(f, tmp_path / kind / f"{name}.{ext}")
+    manifest = prepare.prepare(prepare.PrepareConfig(
+        audio_dir=str(tmp_path / "audio"), midi_dir=str(tmp_path / "midi"),
+        output=str(tmp_path / "prep"),
+    ))  # fmt: skip
+    windows = {p["piece"]: p["windows"] for p in manifest["pieces"]}
+    assert set(windows) == {"_intro", ".take", "song"}
+    ds = train._datasets(str(tmp_path / "prep"), ["_intro", ".take"], ["song"])
+    assert ds["train"].count() == windows["_intro"] + windows[".take"]
+    assert ds["val"].count() == windows["song"]
+
+
+def test_moved_validation_files_stop_training_before_it_starts(tiny_corpus, tmp_path, monkeypatch):
+    """Prepare records its folders as absolute paths, so training finds the validation
+    recordings from any folder; when they are gone, it says so before it trains (it
+    used to fail after the whole run, at scoring)."""
+    for kind in ("audio", "midi"):
+        shutil.copytree(tiny_corpus / kind / "fiddle", tmp_path / kind)
+    monkeypatch.chdir(tmp_path)
+    manifest = prepare.prepare(
+        prepare.PrepareConfig(audio_dir="audio", midi_dir="midi", output="prep")
+    )
+    assert manifest["config"]["audio_dir"] == str(tmp_path / "audio")
+    (tmp_path / "audio").rename(tmp_path / "moved")
+    cfg = _config(tmp_path / "prep", tmp_path / "reg", tmp_path / "runs", val_fraction=0.5)
+    with pytest.raises(train.TrainDataError, match="gone since prepare"):
+        train.run(cfg)

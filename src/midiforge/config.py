@@ -160,3 +160,18 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 
 def save(obj: Any, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(to_dict(obj), sort_keys=False))
+
+
+def _leaves(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_leaves(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def setting_changes(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """ "KEY: OLD then, NEW now" for each setting (dotted key) that differs between a
+    recorded set of settings and the current one; [] when they agree."""
+    old, new = _leaves(before), _leaves(now)
+    changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+    return [f"{k}: {old.get(k)!r} then, {new.get(k)!r} now" for k in changed]

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pyarrow.fs as pafs
+
 STATE = "state.pt"
 BEST = "best_model.pt"
 _END = object()
@@ -32,6 +34,35 @@ class Resources:
     cpus_per_worker: float = 1.0
     threads: int = 0  # torch threads per worker; 0 = cpus_per_worker
 
+    def validate_config(self) -> None:
+        from midiforge.config import ConfigError
+
+        if self.num_workers < 1 or not self.cpus_per_worker > 0 or self.threads < 0:
+            raise ConfigError(
+                "resources: num_workers must be >= 1, cpus_per_worker > 0 and threads >= 0 "
+                f"(got {self.num_workers}, {self.cpus_per_worker}, {self.threads})"
+            )
+
+
+def check_schedule(s: Any, min_eval_every: int) -> None:
+    """The schedule fields every training loop shares, refused when the config is read
+    rather than as a division by zero or a run that stops at once."""
+    from midiforge.config import ConfigError
+
+    if s.epochs < 1 or s.batch_size < 1:
+        raise ConfigError(
+            f"schedule: epochs and batch_size must be >= 1 ({s.epochs}, {s.batch_size})"
+        )
+    for key in ("max_steps", "patience", "warmup_steps"):
+        if getattr(s, key) < 0:
+            raise ConfigError(f"schedule.{key} must be >= 0, not {getattr(s, key)}")
+    if not (math.isfinite(s.max_minutes) and s.max_minutes >= 0):
+        raise ConfigError(f"schedule.max_minutes must be >= 0 (0 = no limit), not {s.max_minutes}")
+    if s.eval_every < min_eval_every:
+        raise ConfigError(f"schedule.eval_every must be >= {min_eval_every}, not {s.eval_every}")
+    if not (math.isfinite(s.lr) and s.lr > 0):
+        raise ConfigError(f"schedule.lr must be a positive number, not {s.lr}")
+
 
 def threads(res: Resources) -> int:
     return res.threads or max(1, int(res.cpus_per_worker))
@@ -45,16 +76,61 @@ def connect() -> None:
     _connect(None, dashboard=True)
 
 
+# Schedule fields that bound a run rather than define it: a run started again with a
+# larger budget goes on from its checkpoint.
+BUDGET_FIELDS = ("epochs", "max_steps", "max_minutes", "patience", "eval_every")
+# Loop settings that follow from the budget or the machine, not from what is trained.
+_NOT_IDENTITY = ("total_steps", "steps_per_epoch", "threads", "tensorboard")
+
+
+def run_identity(loop_cfg: dict[str, Any], **more: Any) -> dict[str, Any]:
+    """What defines a run: its loop settings without budget and machine fields, plus
+    `more` (the training data's hash, the base model), as plain JSON."""
+    ident = {k: v for k, v in loop_cfg.items() if k not in _NOT_IDENTITY}
+    if isinstance(ident.get("schedule"), dict):
+        ident["schedule"] = {k: v for k, v in ident["schedule"].items() if k not in BUDGET_FIELDS}
+    return json.loads(json.dumps({**ident, **more}, sort_keys=True, default=str))
+
+
+def check_identity(storage: str, name: str, identity: dict[str, Any]) -> None:
+    """Ray Train resumes a run from its storage by name alone. So the settings a run was
+    started with are kept beside it (`NAME.midiforge-run.json`), and starting the name
+    again with other settings (another dataset, base model, learning rate, ...) is refused
+    naming each change, where it used to resume or return the old run silently."""
+    from midiforge.config import ConfigError, setting_changes
+    from midiforge.pipeline.inputs import _filesystem
+
+    fs, base = _filesystem(storage)
+    path = f"{base}/{name}.midiforge-run.json"
+    run_exists = fs.get_file_info(f"{base}/{name}").type != pafs.FileType.NotFound
+    if run_exists and fs.get_file_info(path).type == pafs.FileType.File:
+        with fs.open_input_stream(path) as f:
+            changes = setting_changes(json.loads(f.read()), identity)
+        if changes:
+            raise ConfigError(
+                f"training run {name!r} in {storage} was started with other settings, and "
+                f"starting it again resumes it ({'; '.join(changes)}). Give another output name or "
+                f"storage, or delete {base}/{name} to start over."
+            )
+        return
+    fs.create_dir(base, recursive=True)
+    with fs.open_output_stream(path) as f:
+        f.write(json.dumps(identity, indent=2, sort_keys=True).encode())
+
+
 def fit(  # noqa: PLR0917 - one call site per driver, each argument named there
     name: str, loop: Callable[[dict], None], loop_cfg: dict[str, Any], datasets,
-    res: Resources, storage: str,
+    res: Resources, storage: str, identity: dict[str, Any] | None = None,
 ):  # fmt: skip
     """Run `loop` on a TorchTrainer named `name` under `storage`; same name, same storage:
-    Ray Train resumes the earlier run from its last checkpoint."""
+    Ray Train resumes the earlier run from its last checkpoint, if `identity` (see
+    `run_identity`) is the one the run was started with."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     storage_path = str(Path(storage).resolve()) if "://" not in storage else storage
+    if identity is not None:
+        check_identity(storage_path, name, identity)
     trainer = TorchTrainer(
         loop,
         train_loop_config=loop_cfg,

@@ -45,6 +45,13 @@ class Schedule:
     eval_every: int = 100  # steps between validation + checkpoint
     patience: int = 0  # evaluations without val improvement before stopping; 0 = never
 
+    def validate_config(self) -> None:
+        from midiforge.raytrain import check_schedule
+
+        check_schedule(self, min_eval_every=1)
+        if self.seq_len < 2:
+            raise ConfigError(f"schedule.seq_len must be >= 2, not {self.seq_len}")
+
 
 PRESETS: dict[str, tuple[Architecture, Schedule]] = {
     # Seconds on a laptop: the tests' path through the real code.
@@ -92,6 +99,14 @@ class PretrainConfig:
     def validate_config(self) -> None:
         if self.preset not in PRESETS:
             raise ConfigError(f"preset {self.preset!r}; choose from {', '.join(PRESETS)}")
+        _check_out(self.out)
+
+
+def _check_out(name: str) -> None:
+    """The output name is pushed after training: checked before it starts."""
+    from midiforge.registry import validate_new_name
+
+    validate_new_name(name)
 
 
 def preset_defaults(preset: str | None) -> dict:
@@ -131,3 +146,8 @@ class FinetuneConfig:
     models_root: str | None = None
     storage: str = "out/lm/runs"
     seed: int = 0
+
+    def validate_config(self) -> None:
+        _check_out(self.out)
+        if self.lora.rank < 1 or self.lora.alpha <= 0 or not 0 <= self.lora.dropout < 1:
+            raise ConfigError("lora: rank >= 1, alpha > 0 and 0 <= dropout < 1")

@@ -138,8 +138,9 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     loop = _loop_cfg(cfg, vocab, sched, total, f"pretrain-{cfg.out}")
     loop["architecture"] = dataclasses.asdict(arch)
     loop["init_from"] = cfg.init_from
+    ident = raytrain.run_identity(loop, dataset=_dataset_hash(cfg.dataset) or cfg.dataset)
     result = raytrain.fit(f"pretrain-{cfg.out}", _loop, loop, {"train": train_ds, "val": val_ds},
-                  cfg.resources, cfg.storage)  # fmt: skip
+                  cfg.resources, cfg.storage, ident)  # fmt: skip
     net = lm_model.load_hf(cfg.init_from, vocab.size) if cfg.init_from else None
     net = net or lm_model.build(arch, vocab, cfg.seed)
     net.load_state_dict(raytrain.best_state(result))
@@ -232,8 +233,9 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     pct = 100 * trainable / total_params
     share = f"{trainable:,} of {total_params:,} parameters trainable ({pct:.2f}%)"
     print(share, flush=True)
+    ident = raytrain.run_identity(loop, dataset=_dataset_hash(cfg.dataset) or cfg.dataset)
     result = raytrain.fit(f"finetune-{cfg.out}", _loop, loop, {"train": train_ds, "val": val_ds},
-                  cfg.resources, cfg.storage)  # fmt: skip
+                  cfg.resources, cfg.storage, ident)  # fmt: skip
     net.load_state_dict(raytrain.best_state(result))
     metrics = _summary(result, n_train, n_val, [cfg.style], total_params)
     metrics.update(trainable_parameters=trainable, trainable_share=trainable / total_params,

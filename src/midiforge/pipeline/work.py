@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from midiforge.config import ConfigError
+from midiforge.config import ConfigError, setting_changes
 from midiforge.pipeline import schema
 from midiforge.pipeline.inputs import _filesystem
 from midiforge.pipeline.stages import Batch, rows_of
@@ -106,13 +106,6 @@ def read_work(out: str, columns: list[str] | None = None, *, with_file: bool = F
     return pa.concat_tables(kept).select([*names, "work_file"] if with_file else names)
 
 
-def _leaves(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        out.update(_leaves(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-    return out
-
-
 def check_settings(out: str, settings: dict[str, Any]) -> None:
     """Reuse work rows only under the settings that made them: rows of another
     transcriber, thresholds or tokenizer would otherwise be mixed silently into the new
@@ -124,12 +117,10 @@ def check_settings(out: str, settings: dict[str, Any]) -> None:
     if work_files(out) and fs.get_file_info(path).type == pafs.FileType.File:
         with fs.open_input_stream(path) as f:
             before = json.loads(f.read())
-        old, new = _leaves(before), _leaves(now)
-        changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
-        if changed:
-            diffs = "; ".join(f"{k}: {old.get(k)!r} then, {new.get(k)!r} now" for k in changed)
+        changes = "; ".join(setting_changes(before, now))
+        if changes:
             raise ConfigError(
-                f"{out} holds work made with other settings ({diffs}). Re-run with the "
+                f"{out} holds work made with other settings ({changes}). Re-run with the "
                 f"earlier settings, or start afresh: another --out, or delete {out}/{WORK_DIR}"
             )
         return

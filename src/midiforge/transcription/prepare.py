@@ -325,8 +325,12 @@ def _piece_row(piece: Piece, n_windows: int, cfg: PrepareConfig) -> dict[str, An
 def _manifest(
     cfg: PrepareConfig, n_pairs: int, pieces: list[dict[str, Any]], broken: list[dict[str, Any]]
 ) -> dict[str, Any]:
+    # Absolute: training scores its validation pieces from these files, from any folder.
+    config = {**cfgmod.to_dict(cfg)}
+    for key in ("audio_dir", "midi_dir"):
+        config[key] = str(Path(config[key]).expanduser().absolute())
     return {
-        "config": cfgmod.to_dict(cfg),
+        "config": config,
         "pieces": pieces,
         "broken": broken,
         "totals": {
@@ -371,6 +375,11 @@ def _publish(out: Path, staging: Path, manifest: dict[str, Any], cfg: PrepareCon
     tmp.replace(out / "manifest.json")
 
 
+def windows_file(folder: str | Path, stem: str) -> Path:
+    """A piece's windows under a prepared folder (or its staging folder)."""
+    return Path(folder) / f"{stem}.parquet"
+
+
 def _prepare_all(
     pairs: list[Pair], cfg: PrepareConfig, staging: Path
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -382,7 +391,7 @@ def _prepare_all(
             log.warning("broken pair %s: %s", pair.stem, e)
             broken.append(_broken_row(pair, e, cfg))
             continue
-        path = staging / f"{pair.stem}.parquet"
+        path = windows_file(staging, pair.stem)
         n = write_windows(window_rows(piece, cfg.hop_s), path, cfg.row_group_windows)
         row = _piece_row(piece, n, cfg)
         log.info(

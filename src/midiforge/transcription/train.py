@@ -87,7 +87,12 @@ def _datasets(dataset: str, train: list[str], val: list[str]):
     import pyarrow.compute as pc
     import ray
 
-    windows = ray.data.read_parquet(f"{dataset.rstrip('/')}/windows")
+    from midiforge.transcription.prepare import windows_file
+
+    # The pieces' files by name: reading the folder would skip a piece whose name starts
+    # with "_" or "." (Ray Data takes those for metadata).
+    folder = Path(dataset) / "windows"
+    windows = ray.data.read_parquet([str(windows_file(folder, s)) for s in sorted({*train, *val})])
 
     def keep(stems: list[str]):
         values = pa.array(stems)
@@ -98,6 +103,11 @@ def _datasets(dataset: str, train: list[str], val: list[str]):
         # Materialized once: every epoch re-reads the object store, not Parquet.
         out[name] = windows.map_batches(keep(stems), batch_format="pyarrow").materialize()
     return out
+
+
+def _manifest_hash(dataset: str) -> str:
+    """The prepared dataset's identity: the sha256 of its manifest.json."""
+    return hashlib.sha256((Path(dataset) / "manifest.json").read_bytes()).hexdigest()
 
 
 def _init_payload(model) -> dict[str, Any]:
@@ -119,6 +129,13 @@ def run(cfg: TrainRunConfig) -> dict[str, Any]:
     manifest = prepare.load_manifest(cfg.dataset)
     stems = [p["piece"] for p in manifest["pieces"]]
     train, val = split_pieces(stems, cfg)
+    _, audio, midi = _val_files(manifest, val)
+    missing = [str(p) for p in (*audio, *midi) if not p.is_file()]
+    if missing:  # they are scored after training: found missing now, not then
+        raise TrainDataError(
+            f"{len(missing)} validation file(s) of {cfg.dataset} are gone since prepare "
+            f"(moved, or a relative folder read from elsewhere): {', '.join(missing[:3])}"
+        )
     base = load_base(cfg.base_model, cfg.models_root)
     raytrain.connect()
     datasets = _datasets(cfg.dataset, train, val)
@@ -154,7 +171,12 @@ def run(cfg: TrainRunConfig) -> dict[str, Any]:
         len({piece_group(s) for s in train}), n_val, len({piece_group(s) for s in val}),
         total, trainable,
     )  # fmt: skip
-    result = raytrain.fit(name, _loop, loop_cfg, datasets, res, cfg.storage)
+    ident = raytrain.run_identity(
+        {k: v for k, v in loop_cfg.items() if k != "init"},  # the weights: named below
+        base_model=cfg.base_model, dataset=_manifest_hash(cfg.dataset),
+        val_fraction=cfg.val_fraction, val_pieces=cfg.val_pieces,
+    )  # fmt: skip
+    result = raytrain.fit(name, _loop, loop_cfg, datasets, res, cfg.storage, ident)
     model = BasicPitch(base.cqt.constants)
     model.load_state_dict(raytrain.best_state(result))
     folder = Path(cfg.storage) / f"{cfg.output}-model"
@@ -184,7 +206,7 @@ def run(cfg: TrainRunConfig) -> dict[str, Any]:
         yaml.safe_dump(cfgmod.to_dict(cfg), sort_keys=False)
     )
     (folder / "metrics.json").write_text(json.dumps(metrics, indent=2, default=_jsonable))
-    data_hash = hashlib.sha256((Path(cfg.dataset) / "manifest.json").read_bytes()).hexdigest()
+    data_hash = _manifest_hash(cfg.dataset)
     registry.Registry(cfg.models_root).push(
         folder, cfg.output, kind="transcriber", parent=cfg.base_model,
         training_data_hash=data_hash, metrics={k: v for k, v in metrics.items() if k != "history"},
@@ -202,6 +224,15 @@ def _jsonable(x: Any) -> Any:
     return x.item() if isinstance(x, np.generic) else str(x)
 
 
+def _val_files(manifest, val: list[str]) -> tuple[list[dict], list[Path], list[Path]]:
+    """The validation pieces' rows, recordings and reference MIDI files."""
+    conf = manifest["config"]
+    pieces = [p for p in manifest["pieces"] if p["piece"] in set(val)]
+    audio = [Path(conf["audio_dir"]) / p["audio"] for p in pieces]
+    midi = [Path(conf["midi_dir"]) / p["midi"] for p in pieces]
+    return pieces, audio, midi
+
+
 def _val_note_metrics(manifest, val: list[str], cfg: TrainRunConfig,
                       folder: Path) -> dict[str, Any]:  # fmt: skip
     """Note metrics on the validation pieces' full recordings (not windows): the numbers a
@@ -214,12 +245,8 @@ def _val_note_metrics(manifest, val: list[str], cfg: TrainRunConfig,
     from midiforge.transcription.models import model_outputs, resolve_model
     from midiforge.transcription.notes import NoteDecoding, model_decoding, save_decoding
 
-    conf = manifest["config"]
-    pieces = [p for p in manifest["pieces"] if p["piece"] in set(val)]
-    audio = [Path(conf["audio_dir"]) / p["audio"] for p in pieces]
-    refs = [
-        midi_io.notes_array(midi_io.load_midi(Path(conf["midi_dir"]) / p["midi"])) for p in pieces
-    ]
+    pieces, audio, midi = _val_files(manifest, val)
+    refs = [midi_io.notes_array(midi_io.load_midi(m)) for m in midi]
     model_path = folder / "model.onnx"
     try:
         base_path = resolve_model(cfg.base_model, cfg.models_root)

@@ -54,6 +54,11 @@ class TrainSchedule:
     max_minutes: float = 0.0  # wall-clock budget for the loop; 0 = none
     max_steps: int = 0  # 0 = epochs decide
 
+    def validate_config(self) -> None:
+        from midiforge.raytrain import check_schedule
+
+        check_schedule(self, min_eval_every=0)
+
 
 @dataclass
 class TrainRunConfig:
@@ -81,8 +86,10 @@ class TrainRunConfig:
             )
         if not 0.0 < self.val_fraction < 1.0:
             raise ConfigError("val_fraction must be between 0 and 1")
-        if self.schedule.batch_size < 1 or self.schedule.epochs < 1:
-            raise ConfigError("batch_size and epochs must be >= 1")
+        if self.output:
+            from midiforge.registry import validate_new_name
+
+            validate_new_name(self.output)
         if not 0.0 < self.loss.onset_positive_weight < 1.0:
             raise ConfigError("loss.onset_positive_weight must be between 0 and 1")
         self.calibrate.validate_config()
