@@ -23,6 +23,29 @@ def _isolated_home(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("MIDIFORGE_OPENVINO_CACHE", str(home / "openvino"))
 
 
+def config_from_command(monkeypatch, target: str, command, argv, *, overrides=()):
+    """The config a command (its (add_flags, run) pair) builds from `argv`, caught where
+    `target` ("module:function", the library call it makes) would start the work."""
+    import argparse
+    import importlib
+
+    module, attr = target.split(":")
+    add, run = command
+
+    seen = {}
+
+    def capture(cfg):
+        seen["cfg"] = cfg
+        raise SystemExit(0)
+
+    monkeypatch.setattr(importlib.import_module(module), attr, capture)
+    parser = argparse.ArgumentParser()
+    add(parser)
+    with pytest.raises(SystemExit):
+        run(parser.parse_args(argv), list(overrides))
+    return seen["cfg"]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

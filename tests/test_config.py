@@ -67,3 +67,57 @@ def test_dataset_device_is_checked_with_the_config():
     )
     with pytest.raises(config.ConfigError, match="expected one of auto, cpu, cuda, openvino"):
         config.load(DatasetConfig, None, ["--device=tpu"], audio=["a.wav"])
+
+
+@pytest.mark.parametrize(
+    ("cls", "override", "message"),
+    [
+        ("lm.PretrainConfig", "--schedule.eval_every=0", "eval_every must be >= 1"),
+        ("lm.PretrainConfig", "--schedule.max_minutes=-5", "max_minutes must be >= 0"),
+        ("lm.PretrainConfig", "--resources.num_workers=0", "num_workers must be >= 1"),
+        ("lm.PretrainConfig", "--out=stock", "reserved"),
+        ("lm.FinetuneConfig", "--out=my model", "invalid model name"),
+        ("lm.FinetuneConfig", "--lora.rank=0", "rank >= 1"),
+        ("tx.TrainRunConfig", "--resources.num_workers=0", "num_workers must be >= 1"),
+        ("tx.TrainRunConfig", "--output=a/b", "invalid model name"),
+        ("tx.TrainRunConfig", "--schedule.patience=-1", "patience must be >= 0"),
+        ("pipe.DatasetConfig", "--notes.frame_threshold=-0.1", "frame_threshold must lie"),
+        ("pipe.DatasetConfig", "--notes.minimum_note_ms=inf", "minimum_note_ms must be"),
+        ("style.StyleConfig", "--out=my style", "invalid model name"),
+        ("drums.DrumSweepConfig", "--drums.out=a/b", "invalid model name"),
+    ],
+)
+def test_training_and_decoding_settings_are_refused_when_read(cls, override, message):
+    """Values that used to fail only later (a division by zero at the first step, a push
+    after the whole run, a note decoder that never finished) are refused with the config."""
+    from midiforge.classifiers.drums import sweep as drums
+    from midiforge.classifiers.style import run as style
+    from midiforge.lm import config as lm
+    from midiforge.pipeline import config as pipe
+    from midiforge.transcription import train_config as tx
+
+    module, name = cls.split(".")
+    modules = {"lm": lm, "tx": tx, "pipe": pipe, "style": style, "drums": drums}
+    target = getattr(modules[module], name)
+    from midiforge.errors import MidiforgeError
+
+    with pytest.raises(MidiforgeError, match=message):  # ConfigError, or RegistryError for names
+        config.load(target, None, [override], **({"audio": ["a.wav"]} if module == "pipe" else {}))
+
+
+def test_transcription_flags_beat_the_yaml_file(tmp_path, monkeypatch):
+    """`train run --config c.yaml --epochs 2 --workers 2`: flags over the file, as the
+    command's docstring says (they used to be defaults the file overrode)."""
+    from midiforge.transcription import train_command
+
+    from .conftest import config_from_command
+
+    (tmp_path / "c.yaml").write_text("schedule: {epochs: 50, max_minutes: 60}\n")
+    argv = ["--config", str(tmp_path / "c.yaml"), "--epochs", "2", "--max-minutes", "5",
+            "--workers", "2", "--output", "m"]  # fmt: skip
+    cfg = config_from_command(
+        monkeypatch, "midiforge.transcription.train:run",
+        (train_command.add_run, train_command.run_run), argv,
+    )  # fmt: skip
+    assert (cfg.schedule.epochs, cfg.schedule.max_minutes) == (2, 5.0)
+    assert cfg.resources.num_workers == 2

@@ -94,6 +94,16 @@ def test_fit_params_takes_config_field_names_and_reports_each_fold():
         fit_params(x, y, {"n_trees": 10})
 
 
+def test_removals_in_one_song_fall_back_to_per_hit_folds():
+    """Song-grouped folds with every removal in one song would train a fold on 'keep'
+    alone (the logistic model then raised sklearn's one-class error): the folds split
+    songs instead, and the report says they are not grouped."""
+    x, y = _separable()
+    songs = np.where(y == 0, 0, 1 + np.arange(len(y)) % 4)  # removals all in song 0
+    out = fit_params(x, y, {"model": "logistic"}, groups=songs)
+    assert out["grouped"] is False and out["cv_f1"] > 0.9
+
+
 # --- ONNX ---------------------------------------------------------------------------------------
 
 
@@ -216,3 +226,31 @@ def test_commands_register_and_resolve_by_name(songs, tmp_path, capsys):
         "--use-ml-model", "snare-test"])  # fmt: skip
     assert code == 0 and "model snare-test" in capsys.readouterr().out
     assert workflow.resolve_model(tmp_path / "m") == tmp_path / "m"
+
+
+def test_a_silent_stem_is_left_out_not_the_end_of_training(songs, tmp_path):
+    """A song whose stem is silent (a song without that drum) is listed with the unpaired
+    songs, with the reason, and the others train; extracting from it is a one-line error
+    that names the file."""
+    import shutil
+
+    import soundfile as sf
+
+    from midiforge import audio
+    from midiforge.classifiers.drums.data import labelled_hits
+    from midiforge.errors import MidiforgeError
+
+    root, train, _ = songs
+    d = tmp_path / "train"
+    shutil.copytree(root / "train", d)
+    silent = d / "audio" / f"{train[0]['song']}.wav"
+    x, sr = sf.read(silent)
+    sf.write(silent, np.zeros_like(x), sr)
+    hits = labelled_hits("snare", d / "raw", d / "edited", d / "audio",
+                         DrumTrainConfig(filter=FAST))  # fmt: skip
+    assert [s["song"] for s in hits.songs] == [s["song"] for s in train[1:]]
+    [left_out] = hits.unpaired
+    assert left_out["song"] == train[0]["song"] and "silence" in left_out["reason"]
+    with pytest.raises(audio.AudioError, match="silence") as err:
+        workflow.extract(silent, "snare", tmp_path / "x.mid")
+    assert str(silent) in str(err.value) and isinstance(err.value, MidiforgeError)

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile as sf
 import torch
 
 from midiforge.classifiers.style import command
@@ -28,6 +28,8 @@ from midiforge.classifiers.style.run import StyleConfig, evaluate_model, train_a
 from midiforge.classifiers.style.train import StyleTrainConfig, augment, build_data, train_style
 from midiforge.config import ConfigError
 from midiforge.registry import Registry
+
+from .conftest import config_from_command
 
 SR = 22_050
 
@@ -49,6 +51,10 @@ def trained(tmp_path_factory):
         models_root=str(root / "models"),
         train=StyleTrainConfig.debug(),
     )
+    # Files an earlier run left in the model folder: a sweep's record, a hand model.
+    cfg.model_folder().mkdir(parents=True)
+    for stale in ("sweep.json", "hand.json"):
+        (cfg.model_folder() / stale).write_text("{}")
     summary = train_and_export(cfg)
     return cfg, summary
 
@@ -70,7 +76,35 @@ def test_train_writes_a_complete_model_folder(trained):
     # Pushed, and found again by name.
     reg = Registry(cfg.models_root)
     assert reg.manifest("style-debug").kind == "style-classifier"
+    # An earlier run's files neither stay beside the model nor travel with it.
+    assert (
+        not (folder / "sweep.json").exists()
+        and "sweep.json" not in reg.manifest("style-debug").files
+    )
+    hand = cfg.train.w_hand > 0
+    assert (
+        (folder / "hand.json").is_file()
+        == hand
+        == ("hand.json" in reg.manifest("style-debug").files)
+    )
     assert (resolve_model_dir("style-debug", cfg.models_root) / "model.onnx").is_file()
+
+
+def test_bad_recordings_and_reused_render_folders_stop_before_training(tmp_path):
+    """A recording the classifier would refuse to score (0.5 s) stops the data build with
+    its path; a --data folder holding renders of other settings is refused, not mixed."""
+    from midiforge.classifiers.style.data import StyleDataError, load_recording
+    from midiforge.classifiers.style.run import prepare_items
+
+    short = tmp_path / "short.wav"
+    sf.write(short, np.sin(np.arange(SR // 2) / 10.0) * 0.3, SR)
+    with pytest.raises(StyleDataError, match=r"short\.wav: too_short"):
+        load_recording(short)
+    (tmp_path / "renders").mkdir()
+    (tmp_path / "renders" / "manifest.json").write_text(json.dumps({"params": {"seed": 9}}))
+    cfg = StyleConfig(styles=["fiddle"], pieces_per_style=1, data_dir=str(tmp_path / "renders"))
+    with pytest.raises(StyleDataError, match="renders of other settings"):
+        prepare_items(cfg)
 
 
 def test_predict_probabilities_and_top_k(trained):
@@ -188,23 +222,16 @@ def test_the_service_resolves_names_in_the_registry_only(tmp_path, monkeypatch):
 
 
 def test_train_command_flags_reach_the_config(monkeypatch):
-    seen = {}
-
-    def fake(cfg):
-        seen["cfg"] = cfg
-        raise SystemExit(0)
-
-    monkeypatch.setattr(sys.modules["midiforge.classifiers.style.run"], "train_and_export", fake)
-    p = argparse.ArgumentParser()
-    command.add_train(p)
-    args = p.parse_args(
-        ["--out", "m", "--styles", "folk,quartet", "--pieces-per-style", "5", "--seed", "3"]
-    )
-    with pytest.raises(SystemExit):
-        command.run_train(args, ["--train.lr=0.01", "--train.width=8"])
-    cfg = seen["cfg"]
+    argv = ["--out", "m", "--styles", "folk,quartet", "--pieces-per-style", "5", "--seed", "3"]
+    cfg = config_from_command(
+        monkeypatch, "midiforge.classifiers.style.run:train_and_export",
+        (command.add_train, command.run_train), argv,
+        overrides=["--train.lr=0.01", "--train.width=8"],
+    )  # fmt: skip
     assert cfg.styles == ["folk", "quartet"] and cfg.pieces_per_style == 5
     assert (cfg.seed, cfg.train.seed, cfg.train.lr, cfg.train.width) == (3, 3, 0.01, 8)
+    p = argparse.ArgumentParser()
+    command.add_train(p)
     with pytest.raises(ConfigError, match="user_styles"):
         command.run_train(p.parse_args(["--out", "m", "--styles", "blues"]), [])
 

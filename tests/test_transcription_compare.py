@@ -187,6 +187,32 @@ def test_extract_writes_what_transcribe_audio_and_compare_find(
     assert row["f1"] == evaluation.note_metrics(ref, expected)["f1"]
 
 
+def test_extract_into_a_folder_and_from_a_broken_model(tiny_corpus, tmp_path):
+    """`--out DIR/` writes DIR/<input>.mid; a file that is no ONNX model, or another
+    network's weights as a base, is a one-line error (MidiforgeError), not a traceback."""
+    from midiforge.errors import MidiforgeError
+    from midiforge.transcription.onnx_weights import from_onnx
+
+    wav = sorted((tiny_corpus / "audio" / "fiddle").glob("*.wav"))[0]
+    (tmp_path / "out").mkdir()
+    assert extract(wav, out=tmp_path / "out")["out"] == str(tmp_path / "out" / f"{wav.stem}.mid")
+    for name, data in (("empty.onnx", b""), ("text.onnx", b"not a model at all")):
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(MidiforgeError, match=name):
+            extract(wav, model=str(tmp_path / name), out=tmp_path / "x.mid")
+    other = tmp_path / "other.onnx"
+    import onnx
+
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("Identity", ["x"], ["y"])], "g",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])],
+    )  # fmt: skip
+    onnx.save(onnx.helper.make_model(graph), other)
+    with pytest.raises(MidiforgeError):
+        from_onnx(other)
+
+
 def test_resolve_model_accepts_names_files_and_folders(tmp_path, stock_path):
     assert str(resolve_model("stock")) == stock_path
     assert str(resolve_model(stock_path)) == stock_path

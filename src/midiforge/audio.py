@@ -15,11 +15,13 @@ from dataclasses import dataclass
 import numpy as np
 import soundfile as sf
 
+from midiforge.errors import MidiforgeError
+
 TRANSCRIPTION_SR = 22_050
 AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg")
 
 
-class AudioError(ValueError):
+class AudioError(MidiforgeError, ValueError):
     """An input that is not usable audio. `reason` is a stable code for reports."""
 
     def __init__(self, reason: str, detail: str) -> None:

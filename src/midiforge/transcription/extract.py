@@ -42,6 +42,8 @@ def extract(
     if not src.is_file():
         raise InputError(f"no audio file {src}")
     dest = Path(out) if out else default_out(src)
+    if dest.is_dir():  # `--out folder/`: the input's name inside it
+        dest = dest / default_out(src).name
     if dest.resolve() == src.resolve():
         raise InputError(f"the output {dest} would overwrite the input")
     model_path = resolve_model(model, models_root)

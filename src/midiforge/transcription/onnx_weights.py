@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from midiforge.errors import MidiforgeError
 from midiforge.transcription.torch_model import (
     BINS_PER_OCTAVE,
     HEADS,
@@ -27,7 +28,7 @@ from midiforge.transcription.torch_model import (
 _HEAD_BY_SHAPE = {shape: name for name, (shape, _) in HEADS.items()}
 
 
-class WeightsError(ValueError):
+class WeightsError(MidiforgeError, ValueError):
     """The graph does not have basic-pitch's structure."""
 
 

@@ -26,6 +26,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from midiforge.errors import MidiforgeError
+
 log = logging.getLogger(__name__)
 
 DEVICES = ("auto", "cpu", "cuda", "openvino")
@@ -118,10 +120,28 @@ def providers_for(device: str) -> list[str]:
     return ["CPUExecutionProvider"]
 
 
+class ModelFileError(MidiforgeError, ValueError):
+    """A file onnxruntime cannot load as a model (not ONNX, cut short, an unknown op)."""
+
+
 def create_session(model_path: str | Path, device: str = "auto", threads: int = 0):
     """(onnxruntime.InferenceSession, provider name) for `device` (see the module doc).
 
-    threads: intra-op threads; 0 lets the provider use every core it is given."""
+    threads: intra-op threads; 0 lets the provider use every core it is given.
+    ModelFileError when the file is no loadable model."""
+    from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
+
+    names = ("Fail", "InvalidArgument", "InvalidProtobuf", "InvalidGraph", "NoSuchFile",
+             "NotImplemented")  # fmt: skip
+    unloadable = tuple(getattr(ort_state, n) for n in names)
+    try:
+        return _create_session(model_path, device, threads)
+    except unloadable as e:
+        first = (str(e).splitlines() or [""])[0][:300]
+        raise ModelFileError(f"{model_path}: not a loadable ONNX model ({first})") from e
+
+
+def _create_session(model_path: str | Path, device: str, threads: int):
     import onnxruntime as ort
 
     if device not in DEVICES:

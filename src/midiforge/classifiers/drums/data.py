@@ -134,23 +134,36 @@ def labelled_hits(
             f"no song has audio, raw and edited files ({len(unpaired)} names left out: "
             f"{', '.join(u['song'] for u in unpaired[:5]) or 'the folders are empty'})"
         )
-    xs, ys, table = [], [], []
+    xs, ys, table, used = [], [], [], []
     for s in songs:
-        feats, y, raw, edited = song_table(
-            s, stem, cfg.features, cfg.sample_rate, cfg.tolerance_ms / 1000.0
-        )
+        try:
+            feats, y, raw, edited = song_table(
+                s, stem, cfg.features, cfg.sample_rate, cfg.tolerance_ms / 1000.0
+            )
+        except (audiomod.AudioError, hitmidi.HitFileError) as e:
+            # One unusable song (a silent stem: a song without toms) is left out and
+            # listed with the unpaired ones, not the end of the whole command.
+            unpaired.append({"song": s.name, "reason": f"unusable: {e}",
+                             "files": [str(s.audio), str(s.raw), str(s.edited)]})  # fmt: skip
+            log.warning("%s is left out: %s", s.name, e)
+            continue
+        used.append(s)
         xs.append(feats)
         ys.append(y)
         table.append({"song": s.name, "audio": str(s.audio), "raw": str(s.raw),
                       "edited": str(s.edited), "detections": len(raw),
                       "edited_hits": len(edited), "keep": int(y.sum())})  # fmt: skip
+    if not used:
+        raise SongFolderError(
+            f"no usable song: {'; '.join(u['song'] + ': ' + u['reason'] for u in unpaired[:5])}"
+        )
     return LabelledHits(
         x=np.vstack(xs),
         y=np.concatenate(ys).astype(np.int64),
         song=np.concatenate([np.full(len(y), i, np.int64) for i, y in enumerate(ys)]),
         songs=table,
         unpaired=unpaired,
-        data_hash=data_hash(songs),
+        data_hash=data_hash(used),
     )
 
 

@@ -84,8 +84,11 @@ def load_defaults(path: str | Path | None = None) -> DrumDefaults:
 def load_stem(path: str | Path, sr: int) -> np.ndarray:
     """A stem file as float32 mono at `sr`, peak-normalized to 1.0 so every level feature
     reads relative to the stem's loudest sample."""
-    x = audiomod.to_mono(*audiomod.decode_checked(Path(path).read_bytes(), _LIMITS), target_sr=sr)
-    return normalize_peak(x)
+    try:
+        decoded = audiomod.decode_checked(Path(path).read_bytes(), _LIMITS)
+    except audiomod.AudioError as e:
+        raise audiomod.AudioError(e.reason, f"{path}: {e.detail}") from None
+    return normalize_peak(audiomod.to_mono(*decoded, target_sr=sr))
 
 
 _LIMITS = audiomod.AudioLimits(min_seconds=0.5, silence_dbfs=-80.0)

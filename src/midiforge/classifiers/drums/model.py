@@ -170,10 +170,22 @@ def cross_validate(
         log.warning("only %d songs for %d folds: folds split songs, so the figures run high",
                     len(np.unique(groups)), folds)  # fmt: skip
     kind = StratifiedGroupKFold if grouped else StratifiedKFold
-    split = kind(n_splits=folds, shuffle=True, random_state=cfg.seed)
+    splits = list(
+        kind(n_splits=folds, shuffle=True, random_state=cfg.seed).split(
+            x, y, groups if grouped else None
+        )
+    )
+    if grouped and any(len(np.unique(y[train])) < 2 for train, _ in splits):
+        # One class in too few songs: some fold would train on the other class alone.
+        log.warning("the rarer class sits in too few songs to keep songs whole: folds "
+                    "split songs, so the figures run high")  # fmt: skip
+        grouped = False
+        splits = list(
+            StratifiedKFold(n_splits=folds, shuffle=True, random_state=cfg.seed).split(x, y)
+        )
     rows: list[dict[str, float]] = []
     base = build_estimator(cfg)
-    for i, (train, test) in enumerate(split.split(x, y, groups if grouped else None)):
+    for i, (train, test) in enumerate(splits):
         pred = clone(base).fit(x[train], y[train]).predict(x[test])
         p, r, f, _ = precision_recall_fscore_support(
             y[test], pred, average="binary", pos_label=1, zero_division=0

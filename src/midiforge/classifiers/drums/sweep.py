@@ -61,6 +61,10 @@ class DrumSweepTarget:
             raise cfgmod.ConfigError("give raw_dir, edited_dir and audio_dir together")
         if self.seed == self.test_seed and not any(folders) and self.test_songs:
             raise cfgmod.ConfigError("seed and test_seed must differ: same seed, same songs")
+        if self.out:  # pushed after the sweep: checked before it
+            from midiforge.registry import validate_new_name
+
+            validate_new_name(self.out)
 
 
 @dataclass

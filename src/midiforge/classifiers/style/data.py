@@ -266,11 +266,12 @@ def scan_items(root: str | Path, styles: Iterable[str] | None = None) -> list[It
 
 
 def load_recording(path: str | Path, sample_rate: int = audio.TRANSCRIPTION_SR) -> np.ndarray:
-    """An audio file -> float32 mono at `sample_rate`; StyleDataError names a bad file."""
+    """An audio file -> float32 mono at `sample_rate`; StyleDataError names a bad file.
+    The classifier's own limits apply (at least 1 s, not silent), so a recording it would
+    refuse to score stops the data build before training, not its evaluation after."""
     p = Path(path)
     try:
-        x, sr = audio.decode(p.read_bytes())
-        audio.check_finite(x)
+        x, sr = audio.decode_checked(p.read_bytes(), audio.AudioLimits())
     except audio.AudioError as e:
         raise StyleDataError(f"{p}: {e}") from None
     return audio.to_mono(x, sr, sample_rate)

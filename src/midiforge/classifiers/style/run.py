@@ -32,11 +32,13 @@ from midiforge.classifiers.style.data import (
     soundfont_pool,
     split_by_piece,
 )
+from midiforge.classifiers.style.ensemble import HAND_FILE
 from midiforge.classifiers.style.train import StyleTrainConfig
 
 log = logging.getLogger(__name__)
 
 SPLIT_FILE = "split.json"
+SWEEP_FILE = "sweep.json"  # a sweep's record beside its model; `style evaluate --out` copies it
 
 
 @dataclass
@@ -69,6 +71,10 @@ class StyleConfig:
         val, test = self.val_fraction, self.test_fraction
         if val <= 0 or test < 0 or val + test >= 1:
             raise cfgmod.ConfigError("val_fraction > 0, test_fraction >= 0, and their sum < 1")
+        if self.out and "/" not in self.out:  # pushed after training: checked before
+            from midiforge.registry import validate_new_name
+
+            validate_new_name(self.out)
 
     def fractions(self) -> tuple[float, float, float]:
         return (1 - self.val_fraction - self.test_fraction, self.val_fraction, self.test_fraction)
@@ -99,7 +105,13 @@ def prepare_items(cfg: StyleConfig) -> tuple[list[Item], dict[str, Any]]:
         )  # fmt: skip
         data_dir = Path(cfg.data_dir or Path(cfg.work_dir) / "renders" / _params_hash(params))
         manifest = data_dir / "manifest.json"
-        cached = manifest.is_file() and json.loads(manifest.read_text()).get("params") == params
+        recorded = json.loads(manifest.read_text()).get("params") if manifest.is_file() else None
+        cached = recorded == params
+        if recorded is not None and not cached:
+            raise StyleDataError(
+                f"{data_dir} holds renders of other settings (see {manifest.name}); give an "
+                "empty or new folder, so old renders do not mix into these"
+            )
         if not cached:
             t0 = time.perf_counter()
             render_style_set(
@@ -201,6 +213,12 @@ def export_trained(
     }
     data_cfg = {k: v for k, v in cfgmod.to_dict(cfg).items() if k != "train"}
     data_cfg["data_dir"] = record.get("data_dir", cfg.data_dir)
+    # A folder used before keeps its files: one this export does not write again (an
+    # earlier sweep's record, an ensemble's hand model) would travel with the new model.
+    if not (extra and "sweep" in extra):
+        (folder / SWEEP_FILE).unlink(missing_ok=True)
+    if hand is None:
+        (folder / HAND_FILE).unlink(missing_ok=True)
     save_model_folder(
         folder, model, labels=labels, mel=cfg.train.mel_config(), train=cfg.train,
         metrics=summary, data=data_cfg, hand=hand,
@@ -271,6 +289,6 @@ def evaluate_model(
     classifier = StyleClassifier.load(folder)
     items = scan_items(data) if data else held_out_items(folder)
     results = evaluate_items(classifier, items, out)
-    if out and (folder / "sweep.json").is_file():  # results travel with the sweep behind them
-        shutil.copyfile(folder / "sweep.json", Path(out) / "sweep.json")
+    if out and (folder / SWEEP_FILE).is_file():  # results travel with the sweep behind them
+        shutil.copyfile(folder / SWEEP_FILE, Path(out) / SWEEP_FILE)
     return results

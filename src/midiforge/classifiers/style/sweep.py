@@ -19,11 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from midiforge import config as cfgmod
-from midiforge.classifiers.style.run import Prepared, StyleConfig
+from midiforge.classifiers.style.run import SWEEP_FILE, Prepared, StyleConfig
 from midiforge.classifiers.sweep import SweepSettings, check_space
 
 WEIGHTS = "weights.pt"
-SWEEP_FILE = "sweep.json"  # beside the model; `style evaluate --out` copies it
 
 
 def _default_space() -> dict[str, Any]:
