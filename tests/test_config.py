@@ -81,6 +81,7 @@ def test_dataset_device_is_checked_with_the_config():
         ("tx.TrainRunConfig", "--resources.num_workers=0", "num_workers must be >= 1"),
         ("tx.TrainRunConfig", "--output=a/b", "invalid model name"),
         ("tx.TrainRunConfig", "--schedule.patience=-1", "patience must be >= 0"),
+        ("tx.TrainRunConfig", "--augment.shift_frames=-2", "shift_frames >= 0"),
         ("pipe.DatasetConfig", "--notes.frame_threshold=-0.1", "frame_threshold must lie"),
         ("pipe.DatasetConfig", "--notes.minimum_note_ms=inf", "minimum_note_ms must be"),
         ("style.StyleConfig", "--out=my style", "invalid model name"),

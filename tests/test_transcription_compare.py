@@ -10,6 +10,7 @@ import shutil
 
 import numpy as np
 import pytest
+import soundfile as sf
 
 from midiforge import evaluation, midi_io, registry
 from midiforge.config import ConfigError
@@ -79,7 +80,10 @@ def test_results_json_has_the_exact_schema(fiddle_run, stock_path, tiny_corpus):
     results, out = fiddle_run
     written = json.loads((out / "results.json").read_text())
     assert written == results
-    assert set(written) == {"models", "per_piece", "inputs", "reference", "decoding", "unpaired"}
+    assert set(written) == {
+        "models", "per_piece", "inputs", "reference", "decoding", "unpaired", "skipped"
+    }  # fmt: skip
+    assert written["skipped"] == []
     assert list(written["models"]) == ["stock", stock_path]
     for name in written["models"]:
         assert set(written["models"][name]) == SUMMARY_KEYS
@@ -185,6 +189,28 @@ def test_extract_writes_what_transcribe_audio_and_compare_find(
     )
     assert row["notes"] == summary["notes"]
     assert row["f1"] == evaluation.note_metrics(ref, expected)["f1"]
+
+
+def test_unreadable_files_are_skipped_and_listed(tiny_corpus, tmp_path):
+    """A cut WAV, a silent one and an unreadable reference are each skipped with the
+    reason; the good piece is still scored (one bad file used to end the comparison)."""
+    wav = sorted((tiny_corpus / "audio" / "fiddle").glob("*.wav"))[0]
+    mid = tiny_corpus / "midi" / "fiddle" / f"{wav.stem}.mid"
+    (tmp_path / "a").mkdir()
+    (tmp_path / "r").mkdir()
+    shutil.copy(wav, tmp_path / "a" / "good.wav")
+    shutil.copy(mid, tmp_path / "r" / "good.mid")
+    (tmp_path / "a" / "cut.wav").write_bytes(wav.read_bytes()[:30])
+    sf.write(tmp_path / "a" / "silent.wav", np.zeros(22_050 * 3, np.float32), 22_050)
+    shutil.copy(wav, tmp_path / "a" / "badref.wav")
+    (tmp_path / "r" / "badref.mid").write_bytes(b"MThd junk")
+    cfg = CompareConfig(models=["stock"], input=str(tmp_path / "a"), reference=str(tmp_path / "r"))
+    results = compare(cfg)
+    reasons = {s["piece"]: s["reason"] for s in results["skipped"]}
+    assert set(reasons) == {"cut", "silent", "badref"}
+    assert "silence" in reasons["silent"] and "badref.mid" in reasons["badref"]
+    assert results["models"]["stock"]["pieces"] == 1
+    assert [r["piece"] for r in results["per_piece"]["stock"]] == ["good"]
 
 
 def test_extract_into_a_folder_and_from_a_broken_model(tiny_corpus, tmp_path):

@@ -154,6 +154,29 @@ def pair_references(pieces: list[Piece], reference: str | Path) -> list[dict[str
     return unpaired
 
 
+def _readable(pieces: list[Piece]) -> tuple[list[Piece], dict[str, np.ndarray], list[dict]]:
+    """(the pieces whose audio and reference load, their reference notes, the others with
+    the reason): one unreadable, too short or silent file is skipped and listed, not the
+    end of a comparison of every model on every file. Decoding each file once more here
+    costs little beside the models."""
+    from midiforge.transcription.models import load_clip
+
+    usable, refs, skipped = [], {}, []
+    for p in pieces:
+        try:
+            load_clip(p.audio)
+            if p.reference:
+                refs[p.name] = load_reference(p.reference)
+        except InputError as e:
+            log.warning("%s is skipped: %s", p.audio, e)
+            skipped.append({"piece": p.name, "input": str(p.audio), "reason": str(e)})
+            continue
+        usable.append(p)
+    if not usable:
+        raise InputError(f"no usable audio among {len(pieces)} file(s): {skipped[0]['reason']}")
+    return usable, refs, skipped
+
+
 def load_reference(path: Path) -> np.ndarray:
     try:
         return midi_io.notes_array(midi_io.load_midi(path))
@@ -325,7 +348,7 @@ def compare(cfg: CompareConfig) -> dict[str, Any]:
     cfg.validate_config()
     pieces = find_pieces(cfg.input)
     unpaired = pair_references(pieces, cfg.reference) if cfg.reference else []
-    refs = {p.name: load_reference(p.reference) for p in pieces if p.reference}
+    pieces, refs, skipped = _readable(pieces)
     # Every model is resolved before any is run, so a typo fails in seconds.
     model_paths = {m: resolve_model(m, cfg.models_root) for m in cfg.models}
     decodings = {m: cfg.decoding().resolve(model_decoding(path)) for m, path in model_paths.items()}
@@ -352,6 +375,7 @@ def compare(cfg: CompareConfig) -> dict[str, Any]:
         reference=cfg.reference,
         decoding={m: dataclasses.asdict(d) for m, d in decodings.items()},
         unpaired=unpaired,
+        skipped=skipped,
     )
     if out:
         (out / "results.json").write_text(json.dumps(results, indent=2, allow_nan=False) + "\n")

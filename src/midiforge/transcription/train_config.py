@@ -40,6 +40,15 @@ class Augment:
     noise_snr_db: tuple[float, float] = (15.0, 45.0)
     shift_frames: int = 8  # roll audio by k*256 samples and targets by k frames, |k| <= this
 
+    def validate_config(self) -> None:
+        lo, hi = self.noise_snr_db
+        if self.gain_db < 0 or not 0 <= self.noise_prob <= 1 or self.shift_frames < 0 or lo > hi:
+            raise ConfigError(
+                "augment: gain_db >= 0, 0 <= noise_prob <= 1, shift_frames >= 0 and "
+                f"noise_snr_db as (low, high); got {self.gain_db}, {self.noise_prob}, "
+                f"{self.shift_frames}, {self.noise_snr_db}"
+            )
+
 
 @dataclass
 class TrainSchedule:
