@@ -101,12 +101,47 @@ def test_settings_round_trip_through_yaml_to_the_same_tokenizer(tokenizer):
 def test_no_notes_is_a_reason(tokenizer):
     empty = midi_io.midi_bytes(midi_io.midi_from_notes(np.zeros((0, 4))))
     assert tk.encode(tokenizer, empty)[:2] == (None, "no_notes")
-    # Every pitch outside the tokenizer's range: nothing left after preprocessing.
-    too_low = np.array([(i * 0.5, i * 0.5 + 0.4, 10 + i, 80) for i in range(8)])
-    assert tk.encode(tokenizer, midi_io.midi_bytes(midi_io.midi_from_notes(too_low)))[:2] == (
-        None,
-        "no_notes",
-    )
+
+
+def test_notes_the_tokenizer_would_drop_are_a_reason(tokenizer):
+    """MidiTok's preprocessing drops pitches outside its range without a word, and the
+    round trip starts from what is left: one such note used to vanish from the tokens
+    while the row kept it."""
+    notes = np.array([(i * 0.5, i * 0.5 + 0.4, 60 + i, 80) for i in range(8)] + [(4, 4.4, 110, 80)])
+    ids, reason, detail = tk.encode(tokenizer, midi_io.midi_bytes(midi_io.midi_from_notes(notes)))
+    assert (ids, reason) == (None, "pitch_out_of_range")
+    assert detail == "1 of 9 notes outside pitches 21-109"
+
+
+def _meter_piece(num: int, den: int, bars: int = 4) -> bytes:
+    import pretty_midi
+
+    pm = pretty_midi.PrettyMIDI(initial_tempo=120)
+    pm.time_signature_changes.append(pretty_midi.TimeSignature(num, den, 0))
+    inst = pretty_midi.Instrument(40)
+    beat = 2.0 / den  # seconds per beat of the denominator at quarter = 120
+    for i in range(num * bars):
+        inst.notes.append(pretty_midi.Note(80, 60 + i % 12, i * beat, i * beat + 0.9 * beat))
+    pm.instruments.append(inst)
+    return midi_io.midi_bytes(pm)
+
+
+@pytest.mark.parametrize("meter", [(2, 2), (3, 2), (4, 2), (3, 1), (9, 8), (7, 8), (6, 8), (3, 4)])
+def test_each_meter_is_tokenized_in_its_own_bars(tokenizer, meter):
+    """Four bars of the meter: its own TimeSig token and four Bar tokens. MidiTok's default
+    range wrote 2/2, 3/2, 4/2, 3/1, 9/8 and 7/8 as 4/4 (a 4/2 piece came out as 8 bars)."""
+    num, den = meter
+    ids, reason, _ = tk.encode(tokenizer, _meter_piece(num, den))
+    assert reason is None
+    names = [tokenizer[int(i)] for i in ids]
+    assert {n for n in names if n.startswith("TimeSig_")} == {f"TimeSig_{num}/{den}"}
+    assert names.count("Bar_None") == 4
+
+
+def test_a_meter_outside_the_range_is_a_reason_not_4_4(tokenizer):
+    ids, reason, detail = tk.encode(tokenizer, _meter_piece(5, 16))
+    assert (ids, reason) == (None, "unsupported_time_signature")
+    assert detail.startswith("5/16 not in")
 
 
 def test_non_midi_bytes_are_tokenize_failed_not_an_exception(tokenizer):

@@ -109,7 +109,7 @@ def expand(
             )
             out.append(row)
     if dropped:
-        log.info("%d augmented copies dropped by the tokenizer round-trip check", dropped)
+        log.info("%d augmented copies dropped: the tokenizer cannot hold them", dropped)
     return pa.Table.from_pylist(out, schema=schema.DATASET)
 
 

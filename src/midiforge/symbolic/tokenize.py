@@ -46,6 +46,13 @@ def _default_beat_res() -> dict[str, int]:
     return {"0_4": 8, "4_12": 4}
 
 
+def _default_time_signatures() -> dict[int, list[int]]:
+    # denominator -> numerators. MidiTok's own default holds only 1-6/4, 3/8, 6/8, 12/8
+    # and writes any other meter as 4/4 without a word: the corpus's 2/2 reels, 9/8 slip
+    # jigs and 3/2, 4/2, 3/1 folk songs got 4/4 bar lines.
+    return {1: [2, 3, 4], 2: [1, 2, 3, 4, 6], 4: [1, 2, 3, 4, 5, 6, 7], 8: [3, 5, 6, 7, 9, 12]}
+
+
 @dataclass
 class TokenizerSettings:
     # MidiTok's pitch range is inclusive at both ends in 3.1: (21, 109) has Pitch_109.
@@ -61,6 +68,7 @@ class TokenizerSettings:
     use_time_signatures: bool = True
     num_tempos: int = 32
     tempo_range: tuple[int, int] = (40, 250)
+    time_signature_range: dict[int, list[int]] = field(default_factory=_default_time_signatures)
 
     def miditok_beat_res(self) -> dict[tuple[int, int], int]:
         """{"0_4": 8} -> {(0, 4): 8}, the form MidiTok's TokenizerConfig takes."""
@@ -75,7 +83,16 @@ class TokenizerSettings:
         return out
 
     def validate_config(self) -> None:
+        from midiforge.config import ConfigError
+
         self.miditok_beat_res()
+        for den, nums in self.time_signature_range.items():
+            d = int(den)
+            if d < 1 or d & (d - 1) or not nums or min(int(n) for n in nums) < 1:
+                raise ConfigError(
+                    f"tokenizer.time_signature_range {den}: {nums}: denominators are powers "
+                    "of 2, each with a list of numerators >= 1"
+                )
 
 
 def make_tokenizer(settings: TokenizerSettings) -> miditok.REMI:
@@ -89,6 +106,9 @@ def make_tokenizer(settings: TokenizerSettings) -> miditok.REMI:
         use_time_signatures=settings.use_time_signatures,
         num_tempos=settings.num_tempos,
         tempo_range=tuple(settings.tempo_range),
+        time_signature_range={
+            int(den): [int(n) for n in nums] for den, nums in settings.time_signature_range.items()
+        },
     )
     return miditok.REMI(config)
 
@@ -153,14 +173,37 @@ def _ids_of(tokens: object) -> list[int]:
     return list(tokens.ids)
 
 
+def _silent_changes(tokenizer: miditok.MusicTokenizer, score) -> tuple[str, str] | None:
+    """(reason, detail) for what preprocessing would drop or rewrite unannounced."""
+    lo, hi = tokenizer.config.pitch_range  # inclusive at both ends
+    pitches = [n.pitch for t in score.tracks if not t.is_drum for n in t.notes]
+    out = sum(1 for p in pitches if not lo <= p <= hi)
+    if out:
+        return "pitch_out_of_range", f"{out} of {len(pitches)} notes outside pitches {lo}-{hi}"
+    if tokenizer.config.use_time_signatures:
+        allowed = tokenizer.config.time_signature_range
+        meters = {(ts.numerator, ts.denominator) for ts in score.time_signatures}
+        bad = sorted(f"{n}/{d}" for n, d in meters if n not in allowed.get(d, ()))
+        if bad:
+            return "unsupported_time_signature", (
+                f"{', '.join(bad)} not in the tokenizer's time signatures "
+                "(tokenizer.time_signature_range)"
+            )
+    return None
+
+
 def encode(
     tokenizer: miditok.MusicTokenizer, midi: bytes
 ) -> tuple[np.ndarray | None, str | None, str]:
     """(ids, None, '') with ids a 1-D int32 array, or (None, reason, detail).
 
-    Reasons: 'no_notes' (nothing left after preprocessing, e.g. every pitch out of
-    range), 'token_roundtrip_mismatch' (decoded notes differ from the preprocessed
-    ones), 'tokenize_failed' (MidiTok or symusic raised; detail is the error).
+    Reasons: 'pitch_out_of_range' (notes the tokenizer's pitch range would drop),
+    'unsupported_time_signature' (a meter outside its time-signature range, which MidiTok
+    would write as 4/4), 'no_notes' (nothing left after preprocessing),
+    'token_roundtrip_mismatch' (decoded notes differ from the preprocessed ones),
+    'tokenize_failed' (MidiTok or symusic raised; detail is the error). The first two
+    are changes MidiTok's preprocessing makes without a word, and the round trip, which
+    starts from the preprocessed score, cannot see them.
     """
     from symusic import Score
 
@@ -168,6 +211,9 @@ def encode(
         score = Score.from_midi(midi)
         # Preprocess once and encode that, so the reference for the round trip is
         # exactly what the tokens were made from.
+        changed = _silent_changes(tokenizer, score)
+        if changed:
+            return None, *changed
         preprocessed = tokenizer.preprocess_score(score)
         if preprocessed.note_num() == 0:
             return None, "no_notes", "no notes left after the tokenizer's preprocessing"
