@@ -12,6 +12,9 @@ DEMO_OUT  ?= out/demo
 BIN       := $(VENV)/bin
 STAMP     := $(VENV)/.midiforge-installed
 PIP       := $(BIN)/python -m pip --disable-pip-version-check -q
+# PyPI's Linux torch wheel is the CUDA build; the CPU build is on PyTorch's own index. Where
+# that index cannot be reached (machines that see PyPI only), pip's find-links must hold it.
+TORCH_INDEX = $(shell $(PYTHON) -c "import urllib.request as u; u.urlopen('https://download.pytorch.org/whl/cpu/', timeout=5)" 2>/dev/null && echo --extra-index-url https://download.pytorch.org/whl/cpu)
 
 .PHONY: install sysdeps demo test lint bench clean image
 
@@ -20,10 +23,10 @@ install: $(STAMP)
 # Re-run when the venv is missing, made by another Python, or older than the inputs.
 $(STAMP): pyproject.toml requirements/*.txt Makefile
 	@$(MAKE) --no-print-directory sysdeps
-	@if ! $(BIN)/python -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null; then \
+	@if ! $(BIN)/python -c 'import sys, pip; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null; then \
 		echo "creating $(VENV) with $(PYTHON)"; rm -rf $(VENV); $(PYTHON) -m venv $(VENV); fi
 	$(PIP) install "setuptools<81" wheel
-	$(PIP) install -r $(TORCH_REQ)
+	$(PIP) install -r $(TORCH_REQ) $(if $(filter requirements/torch-cpu.txt,$(TORCH_REQ)),$(TORCH_INDEX))
 	$(PIP) install -c requirements/constraints.txt -e ".[$(EXTRAS)]"
 	$(PIP) install --no-deps -r requirements/basic-pitch.txt
 	@if [ "$(TORCH_REQ)" = "requirements/torch-cpu.txt" ] && \
@@ -39,6 +42,7 @@ SYSDEP_FILES := /usr/share/sounds/sf2/FluidR3_GM.sf2:fluid-soundfont-gm \
 sysdeps:
 	@missing=""; \
 	if ! (ldconfig -p 2>/dev/null || /sbin/ldconfig -p) | grep -q 'libfluidsynth\.so\.3'; then missing="libfluidsynth3"; fi; \
+	if ! $(PYTHON) -c 'import ensurepip' 2>/dev/null; then missing="$$missing $(notdir $(PYTHON))-venv"; fi; \
 	for fp in $(SYSDEP_FILES); do [ -f "$${fp%%:*}" ] || missing="$$missing $${fp##*:}"; done; \
 	if [ -n "$$missing" ]; then \
 		if [ "$$(id -u)" = 0 ]; then SUDO=; elif command -v sudo >/dev/null; then SUDO=sudo; \

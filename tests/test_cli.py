@@ -42,6 +42,36 @@ def test_errors_exit_2_with_a_message(tmp_path, capsys):
     assert "per_styel" in capsys.readouterr().err
 
 
+def test_config_and_file_mistakes_are_one_line_too(tmp_path, capsys):
+    """YAML that does not parse, a folder as --config, bad --metrics JSON, an --out that
+    is a file: one line and status 2 (these used to be tracebacks); the jobs/ scripts
+    answer the same way."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("schedule: [1, 2\n")
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "model.onnx").write_bytes(b"abc")
+    (tmp_path / "afile").write_text("x")
+    render = ["corpus", "render", "--out", str(tmp_path / "o")]
+    cases = [
+        ([*render, "--config", str(bad)], "not valid YAML"),
+        ([*render, "--config", str(tmp_path)], "cannot read"),
+        ([*render, "--per_style=[2"], "not valid YAML"),
+        (["models", "push", str(tmp_path / "m"), "--name", "x", "--metrics", "{bad",
+          "--root", str(tmp_path / "reg")], "--metrics is not a JSON object"),
+        (["corpus", "render", "--styles", "fiddle", "--per-style", "1", "--seconds", "2",
+          "--midi-only", "--out", str(tmp_path / "afile")], "afile"),
+    ]  # fmt: skip
+    for argv, message in cases:
+        assert cli.main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, err
+    job = Path(__file__).parents[1] / "jobs" / "build_dataset.py"
+    done = subprocess.run([sys.executable, str(job), "--out", str(tmp_path / "x")],
+                          check=False, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "build_dataset.py: error: give audio inputs" in done.stderr
+
+
 def test_console_script_is_installed():
     exe = shutil.which("midiforge", path=str(Path(sys.executable).parent))
     assert exe

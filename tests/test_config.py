@@ -122,3 +122,19 @@ def test_transcription_flags_beat_the_yaml_file(tmp_path, monkeypatch):
     )  # fmt: skip
     assert (cfg.schedule.epochs, cfg.schedule.max_minutes) == (2, 5.0)
     assert cfg.resources.num_workers == 2
+
+
+def test_the_transcriber_job_passes_its_train_flags_to_the_style_recipe(monkeypatch):
+    """jobs/finetune_transcriber.py --style fiddle --gpu --workers 4 --epochs 3: the flags
+    reach the recipe's training (they were dropped: one CPU worker, 50 epochs)."""
+    from midiforge.transcription import train_command
+
+    from .conftest import config_from_command
+
+    argv = ["--style", "fiddle", "--gpu", "--workers", "4", "--epochs", "3", "--output", "fx"]
+    cfg = config_from_command(
+        monkeypatch, "midiforge.transcription.prebuilt:build",
+        (train_command.add_job, train_command.run_job), argv,
+    )  # fmt: skip
+    assert (cfg.train.resources.use_gpu, cfg.train.resources.num_workers) == (True, 4)
+    assert (cfg.train.schedule.epochs, cfg.train.output) == (3, "fx")

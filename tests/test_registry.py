@@ -211,3 +211,21 @@ def test_default_root_follows_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("MIDIFORGE_MODELS", str(tmp_path / "env-root"))
     Registry().push(make_model(tmp_path / "m"), "m", kind="lm")
     assert (tmp_path / "env-root" / "m" / "manifest.json").is_file()
+
+
+def test_a_model_ref_is_fetched_into_each_nodes_own_cache(tmp_path, monkeypatch):
+    """The dataset job hands its transcription actors a ModelRef, not the driver's cache
+    path (which other nodes do not have): each node fetches into its own cache, and a
+    model pushed again mid-job is refused rather than mixed."""
+    import pickle
+
+    reg = Registry(str(tmp_path / "root"))
+    reg.push(make_model(tmp_path / "m", b"one"), "m", kind="transcriber")
+    ref = pickle.loads(pickle.dumps(registry.ModelRef.of("m", str(tmp_path / "root"))))  # noqa: S301 - our own bytes
+    for node in ("a", "b"):  # two machines: their own cache
+        monkeypatch.setenv("MIDIFORGE_CACHE", str(tmp_path / node))
+        path = ref.local_file()
+        assert path.is_relative_to(tmp_path / node) and path.read_bytes() == b"one"
+    reg.push(make_model(tmp_path / "m2", b"two"), "m", kind="transcriber")
+    with pytest.raises(RegistryError, match="changed while the job ran"):
+        ref.local_file()

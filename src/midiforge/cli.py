@@ -92,7 +92,10 @@ def _models_list(args: argparse.Namespace) -> int:
 
 
 def _models_push(args: argparse.Namespace) -> int:
-    metrics = json.loads(args.metrics) if args.metrics else None
+    try:
+        metrics = json.loads(args.metrics) if args.metrics else None
+    except json.JSONDecodeError as e:
+        raise cfgmod.ConfigError(f"--metrics is not a JSON object: {e}") from None
     m = _registry(args).push(
         args.path,
         args.name,
@@ -293,13 +296,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if overrides and not hasattr(args, "config"):
         parser.error(f"{args.command} takes no --key=value overrides: {' '.join(overrides)}")
     func: Callable[[argparse.Namespace], int] = args.func
-    from midiforge.errors import MidiforgeError
+    from midiforge.errors import run_reporting_errors
 
-    try:
-        return func(args)
-    except (MidiforgeError, FileNotFoundError) as e:
-        print(f"midiforge: error: {e}", file=sys.stderr)
-        return 2
+    return run_reporting_errors(lambda: func(args))
 
 
 if __name__ == "__main__":

@@ -114,7 +114,10 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         key, sep, raw = item.lstrip("-").partition("=")
         if not sep or not key:
             raise ConfigError(f"override {item!r} is not of the form --key=value")
-        value = yaml.safe_load(raw) if raw else ""
+        try:
+            value = yaml.safe_load(raw) if raw else ""
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override {item!r}: the value is not valid YAML ({e})") from None
         node = out
         parts = key.split(".")
         for part in parts[:-1]:
@@ -152,7 +155,12 @@ def load(
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    loaded = yaml.safe_load(Path(path).read_text()) or {}
+    try:
+        loaded = yaml.safe_load(Path(path).read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({e})") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read it ({e.strerror or e})") from None
     if not isinstance(loaded, dict):
         raise ConfigError(f"{path}: top level must be a mapping")
     return loaded

@@ -7,6 +7,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 
 def parser_for(
@@ -30,6 +31,8 @@ def run_job(
     add_arguments: Callable[[argparse.ArgumentParser], None],
     run: Callable[[argparse.Namespace, list[str]], int],
 ) -> None:
+    from midiforge.errors import run_reporting_errors
+
     args, overrides = parser_for(description, add_arguments)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    sys.exit(run(args, overrides))
+    sys.exit(run_reporting_errors(lambda: run(args, overrides), prog=Path(sys.argv[0]).name))

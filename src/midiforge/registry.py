@@ -412,3 +412,31 @@ class Registry:
         if not path.is_file():
             raise RegistryError(f"model {name!r} has no file {filename}")
         return path
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A registry model as a worker on any node finds it: by root, name and the version the
+    driver saw. A path the driver resolved names its own node's cache, which other nodes
+    (other pods) do not have."""
+
+    root: str
+    name: str
+    version: str
+
+    @classmethod
+    def of(cls, name: str, root: str | None = None) -> ModelRef:
+        reg = Registry(root)
+        return cls(reg.root, name, reg.manifest(name).version)
+
+    def local_file(self, filename: str = "model.onnx") -> Path:
+        """The file in this node's cache (fetched and verified on first use);
+        RegistryError if the model was pushed again since the driver saw it."""
+        reg = Registry(self.root)
+        now = reg.manifest(self.name).version
+        if now != self.version:
+            raise RegistryError(
+                f"model {self.name!r} changed while the job ran: version {self.version} "
+                f"when it started, {now} now; run the job again"
+            )
+        return reg.model_file(self.name, filename)

@@ -108,8 +108,9 @@ def _start_checks(cfg: DatasetConfig) -> tuple[tuple[int, int] | None, str, str]
         raise registry.RegistryError(
             f"model {cfg.transcriber!r} is a {manifest.kind}, not a transcriber"
         )
-    model_path = str(reg.model_file(cfg.transcriber))
-    return sep_format, model_path, manifest.version
+    model = registry.ModelRef(reg.root, cfg.transcriber, manifest.version)
+    model.local_file()  # fetched and verified here first: a bad model fails the job now
+    return sep_format, model, manifest.version
 
 
 def balanced_blocks(n: int, pool: int, batch_size: int) -> int:
@@ -129,7 +130,7 @@ def plan_inputs(cfg: DatasetConfig, todo: list[Input], checks):
     """The per-input stages over `todo` as a Ray Data dataset (nothing runs yet)."""
     import ray
 
-    sep_format, model_path, version = checks
+    sep_format, model, version = checks
     c = cfg.compute
     fused = c.fuse_cpu_stages and not c.transcribe.num_gpus
     decode, transcribe = c.decode, c.transcribe
@@ -172,9 +173,9 @@ def plan_inputs(cfg: DatasetConfig, todo: list[Input], checks):
             ),
         )
     models = stages.models_json(cfg.separator, cfg.stem, cfg.transcriber, version)
-    transcribe_args = (model_path, cfg.device, cfg.batch_windows, _threads(c.transcribe))
+    transcribe_args = (model, cfg.device, cfg.batch_windows, _threads(c.transcribe))
     # Thresholds the config leaves unset are the transcriber's own (its decoding.yaml).
-    notes_cfg = cfg.notes.resolve(model_decoding(model_path))
+    notes_cfg = cfg.notes.resolve(model_decoding(model.local_file()))
     # music21's key profiles, read here once rather than in every actor (see validate).
     key_profiles = validate.music21_key_profiles()
     postprocess_args = (notes_cfg, cfg.validate, cfg.tokenizer, models, key_profiles)

@@ -190,15 +190,17 @@ def _model_outputs(todo: list[dict[str, Any]], transcriber) -> list[dict | None]
 
 
 class Transcribe:
-    """map_batches wrapper: one onnxruntime session per actor."""
+    """map_batches wrapper: one onnxruntime session per actor, on the model file in its own
+    node's cache (`model`: a registry.ModelRef, or a local path on a single machine)."""
 
-    def __init__(self, model_path: str, device: str, batch_windows: int, threads: int) -> None:
+    def __init__(self, model, device: str, batch_windows: int, threads: int) -> None:
         from midiforge.transcription.runner import OnnxTranscriber
 
+        path = model.local_file() if hasattr(model, "local_file") else model
         # One onnxruntime thread per CPU that Ray reserved for this actor: its default of
         # one per core would compete with the decode tasks running beside it.
         self.transcriber = OnnxTranscriber(
-            model_path, device=device, batch_windows=batch_windows, intra_op_threads=threads
+            path, device=device, batch_windows=batch_windows, intra_op_threads=threads
         )
 
     def __call__(self, batch: Batch) -> Batch:

@@ -9,9 +9,11 @@ from midiforge import config as cfgmod
 
 
 def _decoding_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--onset-threshold", type=float, help="note onset threshold (default 0.5)")
-    p.add_argument("--frame-threshold", type=float, help="note frame threshold (default 0.3)")
-    p.add_argument("--min-note-ms", type=float, help="shortest note kept (default 127.7 ms)")
+    # Unset: the model's own (its decoding.yaml), else basic-pitch's.
+    own = "default: the model's decoding.yaml, else"
+    p.add_argument("--onset-threshold", type=float, help=f"note onset threshold ({own} 0.5)")
+    p.add_argument("--frame-threshold", type=float, help=f"note frame threshold ({own} 0.3)")
+    p.add_argument("--min-note-ms", type=float, help=f"shortest note kept ({own} 127.7 ms)")
     p.add_argument("--models-root", help="model registry root (default $MIDIFORGE_MODELS)")
 
 

@@ -132,6 +132,11 @@ def run_prebuilt(args: argparse.Namespace, overrides: list[str]) -> int:
     from midiforge.transcription.prebuilt import PrebuiltConfig, build
 
     train = {"models_root": args.models_root, "schedule": {"max_minutes": args.max_minutes}}
+    if hasattr(args, "dataset"):  # jobs/finetune_transcriber.py --style: its `train run` flags
+        train.update(
+            schedule=_schedule_flags(args), resources=_resource_flags(args),
+            storage=args.storage, base_model=args.base_model, output=args.output,
+        )  # fmt: skip
     cfg = cfgmod.load(
         PrebuiltConfig,
         args.config,
