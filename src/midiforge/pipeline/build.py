@@ -10,7 +10,7 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -23,6 +23,9 @@ from midiforge.pipeline.inputs import Input, _filesystem, linked_pieces, list_in
 from midiforge.pipeline.split import SPLITS, Expand, assign_splits
 from midiforge.symbolic import validate
 from midiforge.transcription.notes import model_decoding
+
+if TYPE_CHECKING:
+    from midiforge.registry import ModelRef
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +90,7 @@ def _input_rows(inputs: list[Input]) -> list[dict[str, Any]]:
     ]
 
 
-def _start_checks(cfg: DatasetConfig) -> tuple[tuple[int, int] | None, str, str]:
+def _start_checks(cfg: DatasetConfig) -> tuple[tuple[int, int] | None, ModelRef, str]:
     """Everything that can fail before any work is scheduled fails here, fast."""
     from midiforge import registry
 
