@@ -221,7 +221,8 @@ def test_a_model_ref_is_fetched_into_each_nodes_own_cache(tmp_path, monkeypatch)
 
     reg = Registry(str(tmp_path / "root"))
     reg.push(make_model(tmp_path / "m", b"one"), "m", kind="transcriber")
-    ref = pickle.loads(pickle.dumps(registry.ModelRef.of("m", str(tmp_path / "root"))))  # noqa: S301 - our own bytes
+    ref = registry.ModelRef(reg.root, "m", reg.manifest("m").version)
+    ref = pickle.loads(pickle.dumps(ref))  # noqa: S301 - our own bytes
     for node in ("a", "b"):  # two machines: their own cache
         monkeypatch.setenv("MIDIFORGE_CACHE", str(tmp_path / node))
         path = ref.local_file()

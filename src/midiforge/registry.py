@@ -382,11 +382,19 @@ class Registry:
             while chunk := fin.read(_CHUNK):
                 fout.write(chunk)
 
-    def fetch(self, name: str) -> Path:
-        """A verified local folder for `name`, cached per version (what loaders use)."""
-        if name == STOCK:
+    def fetch(self, name: str, version: str | None = None) -> Path:
+        """A verified local folder for `name`, cached per version (what loaders use).
+        With `version`, RegistryError if the registry's current version is another."""
+        if name == STOCK and version is None:
             return stock_model_path().parent
         manifest = self.manifest(name)
+        if version is not None and manifest.version != version:
+            raise RegistryError(
+                f"model {name!r} changed while the job ran: version {version} when it "
+                f"started, {manifest.version} now; run the job again"
+            )
+        if name == STOCK:
+            return stock_model_path().parent
         key = hashlib.sha256(self.root.encode()).hexdigest()[:12]
         local = self.cache_dir / key / name / manifest.version
         if not (local / MANIFEST).is_file():
@@ -404,11 +412,15 @@ class Registry:
                     shutil.rmtree(staging)
         return local
 
-    def model_file(self, name: str, filename: str = "model.onnx") -> Path:
-        """Path to one file of a model, e.g. the ONNX graph a runner loads."""
+    def model_file(
+        self, name: str, filename: str = "model.onnx", version: str | None = None
+    ) -> Path:
+        """Path to one file of a model, e.g. the ONNX graph a runner loads (`version`: as
+        for `fetch`)."""
+        folder = self.fetch(name, version)
         if name == STOCK:
             return stock_model_path()
-        path = self.fetch(name) / _safe_relpath(filename)
+        path = folder / _safe_relpath(filename)
         if not path.is_file():
             raise RegistryError(f"model {name!r} has no file {filename}")
         return path
@@ -424,19 +436,7 @@ class ModelRef:
     name: str
     version: str
 
-    @classmethod
-    def of(cls, name: str, root: str | None = None) -> ModelRef:
-        reg = Registry(root)
-        return cls(reg.root, name, reg.manifest(name).version)
-
     def local_file(self, filename: str = "model.onnx") -> Path:
         """The file in this node's cache (fetched and verified on first use);
         RegistryError if the model was pushed again since the driver saw it."""
-        reg = Registry(self.root)
-        now = reg.manifest(self.name).version
-        if now != self.version:
-            raise RegistryError(
-                f"model {self.name!r} changed while the job ran: version {self.version} "
-                f"when it started, {now} now; run the job again"
-            )
-        return reg.model_file(self.name, filename)
+        return Registry(self.root).model_file(self.name, filename, self.version)

@@ -138,7 +138,8 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     loop = _loop_cfg(cfg, vocab, sched, total, f"pretrain-{cfg.out}")
     loop["architecture"] = dataclasses.asdict(arch)
     loop["init_from"] = cfg.init_from
-    ident = raytrain.run_identity(loop, dataset=_dataset_hash(cfg.dataset) or cfg.dataset)
+    data_hash = _dataset_hash(cfg.dataset)
+    ident = raytrain.run_identity(loop, dataset=data_hash or cfg.dataset)
     result = raytrain.fit(f"pretrain-{cfg.out}", _loop, loop, {"train": train_ds, "val": val_ds},
                   cfg.resources, cfg.storage, ident)  # fmt: skip
     net = lm_model.load_hf(cfg.init_from, vocab.size) if cfg.init_from else None
@@ -149,7 +150,7 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     _write_folder(work, net, vocab, work.parent / f"{cfg.out}-tokenizer" / "tokenizer.json",
                   cfg, metrics)  # fmt: skip
     reg = registry.Registry(cfg.models_root)
-    reg.push(work, cfg.out, kind="lm", training_data_hash=_dataset_hash(cfg.dataset),
+    reg.push(work, cfg.out, kind="lm", training_data_hash=data_hash,
              metrics=metrics)  # fmt: skip
     return metrics
 
@@ -233,7 +234,8 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     pct = 100 * trainable / total_params
     share = f"{trainable:,} of {total_params:,} parameters trainable ({pct:.2f}%)"
     print(share, flush=True)
-    ident = raytrain.run_identity(loop, dataset=_dataset_hash(cfg.dataset) or cfg.dataset)
+    data_hash = _dataset_hash(cfg.dataset)
+    ident = raytrain.run_identity(loop, dataset=data_hash or cfg.dataset)
     result = raytrain.fit(f"finetune-{cfg.out}", _loop, loop, {"train": train_ds, "val": val_ds},
                   cfg.resources, cfg.storage, ident)  # fmt: skip
     net.load_state_dict(raytrain.best_state(result))
@@ -249,6 +251,6 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     shutil.copytree(adapter_dir, work / "adapter")
     reg = registry.Registry(cfg.models_root)
     reg.push(work, cfg.out, kind="lm", parent=cfg.base,
-             training_data_hash=_dataset_hash(cfg.dataset), metrics=metrics)  # fmt: skip
+             training_data_hash=data_hash, metrics=metrics)  # fmt: skip
     metrics["trainable_summary"] = share
     return metrics

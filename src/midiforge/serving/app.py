@@ -65,14 +65,13 @@ def _any(name: str) -> None:
 
 
 def registry_loader(settings: ServeSettings) -> Callable[[str], Any]:
-    """name -> OnnxTranscriber for a transcription model of the registry."""
-    check = registry_check(settings.models_root, "transcriber")
+    """name -> OnnxTranscriber for a transcription model of the registry. The Transcriber
+    checks a name (registry_check) before Serve is asked to load it."""
 
     def load(name: str):
         from midiforge.registry import Registry
         from midiforge.transcription.runner import OnnxTranscriber
 
-        check(name)
         model = Registry(settings.models_root).model_file(name)
         return OnnxTranscriber(model, intra_op_threads=settings.threads)
 

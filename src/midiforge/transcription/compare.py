@@ -64,12 +64,7 @@ class CompareConfig:
             raise cfgmod.ConfigError(f"models: each model once, repeated: {', '.join(repeated)}")
         if self.plots < 0 or self.plot_seconds <= 0:
             raise cfgmod.ConfigError("plots must be >= 0 and plot_seconds > 0")
-        for key in ("onset_threshold", "frame_threshold"):
-            value = getattr(self, key)
-            if value is not None and not 0 < value < 1:
-                raise cfgmod.ConfigError(f"{key} must lie between 0 and 1")
-        if self.min_note_ms is not None and self.min_note_ms < 0:
-            raise cfgmod.ConfigError("min_note_ms must be >= 0")
+        self.decoding().validate_config()
 
     def decoding(self) -> NoteDecoding:
         return NoteDecoding(

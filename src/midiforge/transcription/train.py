@@ -171,9 +171,10 @@ def run(cfg: TrainRunConfig) -> dict[str, Any]:
         len({piece_group(s) for s in train}), n_val, len({piece_group(s) for s in val}),
         total, trainable,
     )  # fmt: skip
+    data_hash = _manifest_hash(cfg.dataset)
     ident = raytrain.run_identity(
         {k: v for k, v in loop_cfg.items() if k != "init"},  # the weights: named below
-        base_model=cfg.base_model, dataset=_manifest_hash(cfg.dataset),
+        base_model=cfg.base_model, dataset=data_hash,
         val_fraction=cfg.val_fraction, val_pieces=cfg.val_pieces,
     )  # fmt: skip
     result = raytrain.fit(name, _loop, loop_cfg, datasets, res, cfg.storage, ident)
@@ -206,7 +207,6 @@ def run(cfg: TrainRunConfig) -> dict[str, Any]:
         yaml.safe_dump(cfgmod.to_dict(cfg), sort_keys=False)
     )
     (folder / "metrics.json").write_text(json.dumps(metrics, indent=2, default=_jsonable))
-    data_hash = _manifest_hash(cfg.dataset)
     registry.Registry(cfg.models_root).push(
         folder, cfg.output, kind="transcriber", parent=cfg.base_model,
         training_data_hash=data_hash, metrics={k: v for k, v in metrics.items() if k != "history"},
@@ -227,7 +227,8 @@ def _jsonable(x: Any) -> Any:
 def _val_files(manifest, val: list[str]) -> tuple[list[dict], list[Path], list[Path]]:
     """The validation pieces' rows, recordings and reference MIDI files."""
     conf = manifest["config"]
-    pieces = [p for p in manifest["pieces"] if p["piece"] in set(val)]
+    wanted = set(val)
+    pieces = [p for p in manifest["pieces"] if p["piece"] in wanted]
     audio = [Path(conf["audio_dir"]) / p["audio"] for p in pieces]
     midi = [Path(conf["midi_dir"]) / p["midi"] for p in pieces]
     return pieces, audio, midi
