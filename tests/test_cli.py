@@ -94,3 +94,21 @@ def test_generate_refuses_bad_requests_in_one_line(tmp_path, capsys):
     assert not Path(out).exists()
     assert cli.main([*base, "--key", "Am", "--seed", "3"]) == 0
     assert Path(out).read_bytes()[:4] == b"MThd"
+
+
+def test_serve_overrides_reach_the_app_args_and_are_checked_before_ray(capsys):
+    """`midiforge serve --key=value` used to be accepted and ignored."""
+    from midiforge.serving.local import app_args, read_app_config
+
+    config = Path(__file__).resolve().parents[1] / "serve" / "config.yaml"
+    base, _ = read_app_config(config)
+    args = app_args(config, ["--generator_model=rules", "--max_audio_seconds=120"])
+    assert args["generator_model"] == "rules" and args["max_audio_seconds"] == 120
+    assert {k: v for k, v in args.items() if k not in ("generator_model", "max_audio_seconds")} == {
+        k: v for k, v in base.items() if k not in ("generator_model", "max_audio_seconds")
+    }
+    # Refused with one line before any Ray starts: these return at once.
+    assert cli.main(["serve", "--config", str(config), "--max_upload_bites=10"]) == 2
+    assert "max_upload_bites" in capsys.readouterr().err
+    assert cli.main(["serve", "--config", str(config), "--batch_max_size=0"]) == 2
+    assert "batch_max_size must be > 0" in capsys.readouterr().err

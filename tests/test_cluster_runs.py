@@ -109,25 +109,30 @@ def test_dataset_job_runs_on_two_nodes(tiny_corpus, tmp_path):
         stop(*(p for p in (worker, head) if p is not None))
 
 
-def _submit(env: dict[str, str], address: str, marker: str) -> subprocess.CompletedProcess:
+def _submit(
+    env: dict[str, str], address: str, code: str, *options: str
+) -> subprocess.CompletedProcess:
+    """`ray job submit` of `python -c CODE` from the repository root."""
     return subprocess.run(
-        [
-            str(BIN / "ray"),
-            "job",
-            "submit",
-            "--address",
-            address,
-            "--",
-            "python",
-            "-c",
-            f"print('{marker}')",
-        ],
+        [str(BIN / "ray"), "job", "submit", "--address", address, *options,
+         "--", "python", "-c", code],
+        cwd=ROOT,
         env=env,
         capture_output=True,
         text=True,
         timeout=180,
         check=False,
-    )
+    )  # fmt: skip
+
+
+# Where the job's driver and one of its tasks import midiforge from.
+_WHERE_FROM = """
+import midiforge, ray
+ray.init()
+task = ray.remote(lambda: __import__("midiforge").__file__)
+print("DRIVER", midiforge.__file__)
+print("TASK", ray.get(task.remote()))
+"""
 
 
 def test_token_auth_refuses_job_submission_without_the_token(tmp_path):
@@ -148,14 +153,16 @@ def test_token_auth_refuses_job_submission_without_the_token(tmp_path):
         assert refused_http.value.code == 401
 
         no_token = ray_env(HOME=str(client_home), RAY_AUTH_MODE="disabled", RAY_AUTH_TOKEN="")
-        refused = _submit(no_token, address, "ran-without-token")
+        refused = _submit(no_token, address, "print('ran-without-token')")
         assert refused.returncode != 0
         assert "ran-without-token" not in refused.stdout
-        wrong = _submit(_token_env(client_home, secrets.token_hex(16)), address, "ran-wrong")
+        wrong = _submit(
+            _token_env(client_home, secrets.token_hex(16)), address, "print('ran-wrong')"
+        )
         assert wrong.returncode != 0
         assert "ran-wrong" not in wrong.stdout
 
-        accepted = _submit(_token_env(client_home, token), address, "ran-with-token")
+        accepted = _submit(_token_env(client_home, token), address, "print('ran-with-token')")
         assert accepted.returncode == 0, accepted.stdout[-2000:] + accepted.stderr[-2000:]
         assert "ran-with-token" in accepted.stdout
         assert "succeeded" in accepted.stdout
@@ -166,5 +173,20 @@ def test_token_auth_refuses_job_submission_without_the_token(tmp_path):
         with urllib.request.urlopen(request, timeout=10) as resp:  # noqa: S310
             jobs = json.loads(resp.read())
         assert len(jobs) == 1 and "ran-with-token" in jobs[0]["entrypoint"], jobs
+
+        # cluster/runtime-env.yaml ships this checkout's src/midiforge to the job: its
+        # driver and its tasks import it from Ray's upload, not from the installed copy.
+        shipped = _submit(
+            _token_env(client_home, token), address, _WHERE_FROM,
+            "--runtime-env", "cluster/runtime-env.yaml",
+        )  # fmt: skip
+        assert shipped.returncode == 0, shipped.stdout[-2000:] + shipped.stderr[-2000:]
+        where = dict(
+            line.split(" ", 1) for line in shipped.stdout.splitlines()
+            if line.startswith(("DRIVER ", "TASK "))
+        )  # fmt: skip
+        assert set(where) == {"DRIVER", "TASK"}, shipped.stdout[-2000:]
+        for path in where.values():
+            assert "runtime_resources" in path and not path.startswith(str(ROOT)), where
     finally:
         stop(head)

@@ -305,3 +305,14 @@ def test_commands_parse_flags_and_overrides(tiny_corpus, tmp_path, capsys):
     assert command.run_extract(args, []) == 0
     assert f"{out}: " in capsys.readouterr().out
     assert len(midi_io.notes_array(midi_io.load_midi(out))) > 10
+
+
+def test_files_differing_only_in_extension_are_two_pieces(tmp_path):
+    """x.wav and x.flac used to share one piece name: one row, one plot file."""
+    from midiforge.transcription.compare import find_pieces
+
+    for name in ("x.wav", "x.flac", "y.wav", "sub/x.wav"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+    names = {p.name: p.audio.name for p in find_pieces(tmp_path)}
+    assert names == {"x.wav": "x.wav", "x.flac": "x.flac", "y": "y.wav", "sub/x": "x.wav"}

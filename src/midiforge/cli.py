@@ -178,12 +178,18 @@ def _add_dataset(sub: argparse._SubParsersAction) -> None:
 def _serve(args: argparse.Namespace) -> int:
     from midiforge.serving.local import run
 
-    run(args.config, port=args.port)
+    run(args.config, port=args.port, overrides=args.overrides)
     return 0
 
 
 def _add_serve(sub: argparse._SubParsersAction) -> None:
-    s = sub.add_parser("serve", help="run the HTTP endpoints locally on 127.0.0.1")
+    s = sub.add_parser(
+        "serve",
+        help="run the HTTP endpoints locally on 127.0.0.1",
+        description="Run serve/config.yaml's app on a local Ray, bound to 127.0.0.1. Any "
+        "field of its args (serving/settings.py: ServeSettings) can be overridden as "
+        "--key=value, e.g. --generator_model=rules --max_audio_seconds=120.",
+    )
     s.add_argument(
         "--config", default="serve/config.yaml", help="Serve config (default serve/config.yaml)"
     )

@@ -33,14 +33,27 @@ def read_app_config(path: str | Path) -> tuple[dict[str, Any], dict[str, dict[st
     return dict(app.get("args") or {}), options
 
 
-def run(config: str | Path, port: int = 8000) -> None:
+def app_args(config: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:
+    """The config's builder args with `--key=value` overrides on top, checked as
+    ServeSettings before any Ray starts (a typo is a ConfigError, not a default)."""
+    from midiforge import config as cfgmod
+    from midiforge.serving.settings import ServeSettings
+
+    args, _ = read_app_config(config)
+    args.update(cfgmod.parse_overrides(overrides or []))
+    cfgmod.from_dict(ServeSettings, dict(args))
+    return args
+
+
+def run(config: str | Path, port: int = 8000, overrides: list[str] | None = None) -> None:
     """Block serving on http://127.0.0.1:PORT until interrupted."""
     from ray import serve
 
     from midiforge.pipeline.build import connect
     from midiforge.serving.app import build_app
 
-    args, options = read_app_config(config)
+    args = app_args(config, overrides)
+    _, options = read_app_config(config)
     connect(None)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     app = build_app(

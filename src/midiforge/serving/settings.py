@@ -26,3 +26,23 @@ class ServeSettings:
     batch_max_size: int = 4
     batch_wait_timeout_s: float = 0.02
     threads: int = 1  # onnxruntime threads per replica (replicas scale out instead)
+
+    def validate_config(self) -> None:
+        from midiforge.config import ConfigError
+
+        positive = {
+            "max_upload_bytes": self.max_upload_bytes,
+            "max_audio_seconds": self.max_audio_seconds,
+            "request_timeout_s": self.request_timeout_s,
+            "batch_max_size": self.batch_max_size,
+            "threads": self.threads,
+        }
+        for name, value in positive.items():
+            if not value > 0:
+                raise ConfigError(f"serve setting {name} must be > 0, not {value}")
+        if self.batch_wait_timeout_s < 0:
+            raise ConfigError(
+                f"serve setting batch_wait_timeout_s must be >= 0, not {self.batch_wait_timeout_s}"
+            )
+        if not self.default_model:
+            raise ConfigError("serve setting default_model is empty")

@@ -97,12 +97,19 @@ def _files(root: Path, extensions: tuple[str, ...], what: str) -> list[Path]:
 
 
 def find_pieces(input_path: str | Path) -> list[Piece]:
-    """Audio inputs, sorted by piece name."""
+    """Audio inputs, sorted by path. A piece is named by its path under the folder
+    without the extension, or with it where two files differ only in extension."""
     root = Path(input_path)
     files = _files(root, audio.AUDIO_EXTENSIONS, "audio")
     if root.is_file():
         return [Piece(root.stem, root)]
-    return [Piece(f.relative_to(root).with_suffix("").as_posix(), f) for f in files]
+    names = [f.relative_to(root).with_suffix("").as_posix() for f in files]
+    # x.wav and x.flac in one folder would share a row, a reference and a plot file
+    taken = Counter(names)
+    return [
+        Piece(name if taken[name] == 1 else f.relative_to(root).as_posix(), f)
+        for name, f in zip(names, files, strict=True)
+    ]
 
 
 def pair_references(pieces: list[Piece], reference: str | Path) -> list[dict[str, Any]]:
