@@ -84,6 +84,8 @@ def test_dataset_device_is_checked_with_the_config():
         ("tx.TrainRunConfig", "--augment.shift_frames=-2", "shift_frames >= 0"),
         ("pipe.DatasetConfig", "--notes.frame_threshold=-0.1", "frame_threshold must lie"),
         ("pipe.DatasetConfig", "--notes.minimum_note_ms=inf", "minimum_note_ms must be"),
+        ("pipe.DatasetConfig", "--seed=-1", "seed must be >= 0"),
+        ("pipe.DatasetConfig", "--tokenizer.pitch_range=[30,100]", "reaches outside"),
         ("style.StyleConfig", "--out=my style", "invalid model name"),
         ("drums.DrumSweepConfig", "--drums.out=a/b", "invalid model name"),
     ],

@@ -59,6 +59,42 @@ def test_one_song_in_several_files_is_linked(tmp_path):
     assert linked_pieces(list(reversed(inputs))) == linked_pieces(inputs)
 
 
+def test_references_sharing_a_name_go_by_folder_and_paths_are_normalised(
+    tmp_path, monkeypatch, caplog
+):
+    """Style folders a/ and b/ each holding t1: each recording gets its own folder's MIDI
+    (the first t1.mid found used to be every t1's reference, and b's song split apart
+    from its MIDI). `..` in a path names the same file, with one piece_id."""
+    for rel in ("audio/a/t1.wav", "audio/b/t1.wav", "audio/c/t1.wav", "midi/a/t1.mid",
+                "midi/b/t1.mid", "proj/x.mid"):  # fmt: skip
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"x")
+    with caplog.at_level("WARNING", logger="midiforge.pipeline.inputs"):
+        inputs = list_inputs(
+            [str(tmp_path / "audio")], [str(tmp_path / "midi")], style=None,
+            style_from_folder=True, tier_midi=3, reference_midi=[str(tmp_path / "midi")],
+        )  # fmt: skip
+    refs = {
+        str(Path(i.source_uri).relative_to(tmp_path)): i.reference_uri
+        and str(Path(i.reference_uri).relative_to(tmp_path))
+        for i in inputs
+        if i.kind == "audio"
+    }
+    assert refs == {"audio/a/t1.wav": "midi/a/t1.mid", "audio/b/t1.wav": "midi/b/t1.mid",
+                    "audio/c/t1.wav": ""}  # fmt: skip
+    assert "audio/c/t1.wav has no reference MIDI: 2 MIDI files share its stem" in caplog.text
+    groups = linked_pieces(inputs)
+    by_rel = {str(Path(i.source_uri).relative_to(tmp_path)): i.piece_id for i in inputs}
+    assert groups[by_rel["audio/b/t1.wav"]] == groups[by_rel["midi/b/t1.mid"]]
+    assert groups[by_rel["audio/a/t1.wav"]] != groups[by_rel["audio/b/t1.wav"]]
+
+    monkeypatch.chdir(tmp_path / "proj")
+    [up] = list_inputs([], ["../proj"], style="x", style_from_folder=False, tier_midi=3)
+    [here] = list_inputs([], ["."], style="x", style_from_folder=False, tier_midi=3)
+    assert up.source_uri == here.source_uri == str(tmp_path / "proj" / "x.mid")
+    assert up.piece_id == here.piece_id
+
+
 def test_midi_among_audio_only_is_unknown(tmp_path):
     (tmp_path / "x.mid").write_bytes(b"x")
     [i] = list_inputs([str(tmp_path)], [], style=None, style_from_folder=True, tier_midi=3)

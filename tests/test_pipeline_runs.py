@@ -167,3 +167,24 @@ def test_ray_job_submit_from_a_laptop(tiny_corpus, tmp_path):
         assert "dataset:" in submit.stdout  # the job's own summary came back in its logs
     finally:
         stop(head)
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_rerun_with_a_file_listed_as_another_kind_equals_a_fresh_run(tiny_corpus, tmp_path):
+    """MIDI files given under --audio only are rejects (unsupported_extension); the same
+    folder re-run with --midi too accepts them, as a fresh run does. Their old rejects
+    used to be kept, since a work row counted as done whatever it was made as."""
+    d = tmp_path / "fiddle"
+    shutil.copytree(tiny_corpus / "midi" / "fiddle", d)
+    out, fresh = tmp_path / "out", tmp_path / "fresh"
+    first = build_dataset(DatasetConfig(audio=[str(d)], style="fiddle", out=str(out)))
+    assert first["accepted"] == 0 and first["rejected"] == first["inputs"] > 0
+    cfg = {"audio": [str(d)], "midi": [str(d)], "style": "fiddle"}
+    again = build_dataset(DatasetConfig(out=str(out), **cfg))
+    rep_fresh = build_dataset(DatasetConfig(out=str(fresh), **cfg))
+    assert again["accepted"] == rep_fresh["accepted"] > 0
+    assert {k: v for k, v in again.items() if k != "elapsed_seconds"} == {
+        k: v for k, v in rep_fresh.items() if k != "elapsed_seconds"
+    }
+    assert rows(out) == rows(fresh)
+    assert rejects(out) == rejects(fresh)

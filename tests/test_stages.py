@@ -7,6 +7,7 @@ from collections import Counter
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from midiforge import audio, registry
@@ -206,6 +207,9 @@ def test_splits_are_stratified_deterministic_and_by_piece():
         assert counts == {"train": 10, "val": 1, "test": 1}
     assert split.split_counts(3, (0.8, 0.1, 0.1)) == (1, 1, 1)
     assert split.split_counts(2, (0.8, 0.1, 0.1)) == (2, 0, 0)
+    # Halves of 3 both round to 2: the train count used to go negative (-1, 2, 2).
+    assert split.split_counts(3, (0.0, 0.5, 0.5)) == (0, 2, 1)
+    assert all(min(split.split_counts(n, (0.0, 0.5, 0.5))) >= 0 for n in range(10))
 
 
 def test_a_song_in_two_forms_keeps_one_split():
@@ -277,3 +281,62 @@ def test_lm_windows_carry_each_copys_own_key(through_postprocess):
         assert parse_key(p.key) == ((tonic + p.transpose) % 12, mode), (p.transpose, p.key)
         w = lm_data.windows([p], vocab, seq_len=64, bar_id=bar)
         assert (w[:, 2] == vocab.key_id(p.key)).all()
+
+
+def test_work_rows_of_another_transcriber_version_are_not_reused(tmp_path):
+    """A transcriber re-pushed under its name (new weights or a new decoding.yaml) is a
+    new version: a re-run refuses the old version's work rows instead of mixing them in.
+    The check used to compare the name only."""
+    from midiforge.config import ConfigError
+    from midiforge.pipeline.build import _start_checks, work_settings
+
+    reg = registry.Registry(str(tmp_path / "reg"))
+    model = tmp_path / "m"
+    model.mkdir()
+    (model / "model.onnx").write_bytes(registry.stock_model_path().read_bytes())
+    reg.push(model, "tx", kind="transcriber")
+    out = str(tmp_path / "out")
+    cfg = DatasetConfig(midi=["x"], transcriber="tx", models_root=str(reg.root), out=out)
+    first = work_settings(cfg, _start_checks(cfg))
+    assert first["notes"]["onset_threshold"] == 0.5  # basic-pitch's, as resolved
+    work.check_settings(out, first)
+    # Any work file counts as earlier work for the check.
+    earlier = tmp_path / "out" / work.WORK_DIR / "part-x.parquet"
+    pq.write_table(pa.table({"piece_id": ["p"]}), earlier)
+    work.check_settings(out, work_settings(cfg, _start_checks(cfg)))  # same version: reused
+
+    (model / "decoding.yaml").write_text("onset_threshold: 0.6\n")
+    reg.push(model, "tx", kind="transcriber")
+    second = work_settings(cfg, _start_checks(cfg))
+    assert second["transcriber_version"] != first["transcriber_version"]
+    with pytest.raises(ConfigError, match=r"notes\.onset_threshold: 0\.5 then, 0\.6 now") as e:
+        work.check_settings(out, second)
+    assert "transcriber_version" in str(e.value)
+
+
+def test_a_rerun_redoes_rows_of_another_kind_and_retryable_failures(tmp_path):
+    """A row made when the file was listed as another kind, or a reject that says more
+    about the moment than the file (read_failed, model_failed), is dropped and redone;
+    other rejects and accepted rows are kept. Rows used to be reused by path alone."""
+    out = str(tmp_path)
+
+    def row(pid: str, kind: str, status: str = "ok", reason: str = "") -> dict:
+        return {"piece_id": pid, "source_uri": pid, "kind": kind, "status": status,
+                "reason": reason, "tokens": b""}  # fmt: skip
+
+    work.write_work(stages.batch_of([
+        row("a", "unknown", "rejected", "unsupported_extension"),
+        row("b", "audio", "rejected", "read_failed"),
+        row("c", "audio", "rejected", "too_polyphonic"),
+        row("d", "midi"),
+    ]), out)  # fmt: skip
+    work.write_work(stages.batch_of([row("b", "audio", "rejected", "model_failed")]), out)
+    now = {"a": "midi", "b": "audio", "c": "audio", "d": "midi", "e": "audio"}
+    stale = work.stale_pieces(out, now)
+    assert stale == {"a", "b"}
+    work.drop_rows(out, stale)
+    assert len(work.work_files(out)) == 1  # the file of b's second row held nothing else
+    left = work.read_work(out, columns=["piece_id"]).to_pylist()
+    assert sorted(r["piece_id"] for r in left) == ["c", "d"]
+    assert work.stale_pieces(out, now) == set()
+    assert not [p for p in (tmp_path / work.WORK_DIR).iterdir() if ".tmp-" in p.name]

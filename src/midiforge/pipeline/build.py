@@ -10,7 +10,7 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -26,6 +26,7 @@ from midiforge.transcription.notes import model_decoding
 
 if TYPE_CHECKING:
     from midiforge.registry import ModelRef
+    from midiforge.transcription.notes import NoteDecoding
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +91,14 @@ def _input_rows(inputs: list[Input]) -> list[dict[str, Any]]:
     ]
 
 
-def _start_checks(cfg: DatasetConfig) -> tuple[tuple[int, int] | None, ModelRef, str]:
+class StartChecks(NamedTuple):
+    sep_format: tuple[int, int] | None  # Demucs' (sample rate, channels); None unseparated
+    model: ModelRef  # the transcriber, at the version this run uses
+    version: str
+    notes: NoteDecoding  # thresholds the config leaves unset are the model's decoding.yaml
+
+
+def _start_checks(cfg: DatasetConfig) -> StartChecks:
     """Everything that can fail before any work is scheduled fails here, fast."""
     from midiforge import registry
 
@@ -111,9 +119,20 @@ def _start_checks(cfg: DatasetConfig) -> tuple[tuple[int, int] | None, ModelRef,
         raise registry.RegistryError(
             f"model {cfg.transcriber!r} is a {manifest.kind}, not a transcriber"
         )
-    model = registry.ModelRef(reg.root, cfg.transcriber, manifest.version)
-    model.local_file()  # fetched and verified here first: a bad model fails the job now
-    return sep_format, model, manifest.version
+    ref = registry.ModelRef(reg.root, cfg.transcriber, manifest.version)
+    # Fetched and verified here first: a bad model fails the job now.
+    notes = cfg.notes.resolve(model_decoding(ref.local_file()))
+    return StartChecks(sep_format, ref, manifest.version, notes)
+
+
+def work_settings(cfg: DatasetConfig, checks: StartChecks) -> dict[str, Any]:
+    """What work rows are made under: the config's WORK_FIELDS with the thresholds as
+    resolved, plus the transcriber's version. A name re-pushed with new weights, or a new
+    decoding.yaml, is a new version: its rows must not join the old ones'."""
+    settings = cfg.work_settings()
+    settings["notes"] = cfgmod.to_dict(checks.notes)
+    settings["transcriber_version"] = checks.version
+    return settings
 
 
 def balanced_blocks(n: int, pool: int, batch_size: int) -> int:
@@ -129,11 +148,11 @@ def balanced_blocks(n: int, pool: int, batch_size: int) -> int:
     return max(1, min(n, pool * waves))
 
 
-def plan_inputs(cfg: DatasetConfig, todo: list[Input], checks):
+def plan_inputs(cfg: DatasetConfig, todo: list[Input], checks: StartChecks):
     """The per-input stages over `todo` as a Ray Data dataset (nothing runs yet)."""
     import ray
 
-    sep_format, model, version = checks
+    sep_format, model, version, notes_cfg = checks
     c = cfg.compute
     fused = c.fuse_cpu_stages and not c.transcribe.num_gpus
     decode, transcribe = c.decode, c.transcribe
@@ -177,8 +196,6 @@ def plan_inputs(cfg: DatasetConfig, todo: list[Input], checks):
         )
     models = stages.models_json(cfg.separator, cfg.stem, cfg.transcriber, version)
     transcribe_args = (model, cfg.device, cfg.batch_windows, _threads(c.transcribe))
-    # Thresholds the config leaves unset are the transcriber's own (its decoding.yaml).
-    notes_cfg = cfg.notes.resolve(model_decoding(model.local_file()))
     # music21's key profiles, read here once rather than in every actor (see validate).
     key_profiles = validate.music21_key_profiles()
     postprocess_args = (notes_cfg, cfg.validate, cfg.tokenizer, models, key_profiles)
@@ -199,7 +216,7 @@ def plan_inputs(cfg: DatasetConfig, todo: list[Input], checks):
     return ds
 
 
-def process_inputs(cfg: DatasetConfig, todo: list[Input], checks) -> None:
+def process_inputs(cfg: DatasetConfig, todo: list[Input], checks: StartChecks) -> None:
     """Run the per-input stages over `todo`, writing results under OUT/_work/."""
     import ray
 
@@ -303,9 +320,13 @@ def build_dataset(cfg: DatasetConfig, address: str | None = None) -> dict[str, A
     )
     fs, base = _filesystem(cfg.out)
     fs.create_dir(base, recursive=True)
-    work.check_settings(cfg.out, cfg.work_settings())
+    work.check_settings(cfg.out, work_settings(cfg, checks))
+    redo = work.stale_pieces(cfg.out, {i.piece_id: i.kind for i in inputs})
+    work.drop_rows(cfg.out, redo)
     done = set(work.read_work(cfg.out, columns=["piece_id"]).column("piece_id").to_pylist())
     todo = [i for i in inputs if i.piece_id not in done]
+    if redo:
+        log.info("%d inputs redone: listed as another kind, or a retryable failure", len(redo))
     log.info(
         "%d inputs, %d already done, %d to process", len(inputs), len(inputs) - len(todo), len(todo)
     )

@@ -137,6 +137,17 @@ class DatasetConfig:
             raise ConfigError(
                 f"split must be three non-negative fractions summing to 1: {self.split}"
             )
+        lo, hi = self.tokenizer.pitch_range  # MidiTok's: inclusive at both ends
+        a_lo, a_hi = self.augment.pitch_range  # exclusive at the top
+        if a_lo < lo or a_hi > hi + 1:
+            # Copies planned there would be rejects of the tokenizer, dropped after the work
+            raise ConfigError(
+                f"augment.pitch_range {list(self.augment.pitch_range)} reaches outside "
+                f"tokenizer.pitch_range {list(self.tokenizer.pitch_range)} (pitches "
+                f"{lo}-{hi}); set both"
+            )
+        if self.seed < 0:  # numpy's seeding takes non-negative integers only
+            raise ConfigError(f"seed must be >= 0, not {self.seed}")
         if self.max_input_bytes <= 0:
             raise ConfigError(f"max_input_bytes must be positive, not {self.max_input_bytes}")
         bad = set(self.augment_splits) - {"train", "val", "test"}

@@ -8,14 +8,18 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import logging
+import os
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 
 import pyarrow.fs as pafs
 
 from midiforge.audio import AUDIO_EXTENSIONS
 
 MIDI_EXTENSIONS = (".mid", ".midi")
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -44,9 +48,15 @@ def _is_uri(s: str) -> bool:
 def _filesystem(root: str) -> tuple[pafs.FileSystem, str]:
     if _is_uri(root):
         return pafs.FileSystem.from_uri(root)
-    # Absolute but not resolved: a symlinked file keeps the path the user gave as its
-    # identity (resolving would merge every link to one target into one input).
-    return pafs.LocalFileSystem(), str(Path(root).expanduser().absolute())
+    return pafs.LocalFileSystem(), _local_path(root)
+
+
+def _local_path(path: str) -> str:
+    """Absolute, with "." and ".." folded (`../proj/midi` and `midi` from inside proj/
+    name one file once), but not resolved: a symlinked file keeps the path the user gave
+    as its identity (resolving would merge every link to one target into one input)."""
+    # Path has no lexical-only absolute form: resolve() would follow the links
+    return os.path.abspath(os.path.expanduser(path))  # noqa: PTH100, PTH111
 
 
 def _join_uri(root: str, found: str) -> str:
@@ -83,7 +93,7 @@ class TooLargeError(Exception):
 def _locate(uri: str) -> tuple[pafs.FileSystem, str]:
     """The filesystem (cached per bucket) and path of a local path or a URI."""
     if not _is_uri(uri):
-        return pafs.LocalFileSystem(), str(Path(uri).expanduser().absolute())
+        return pafs.LocalFileSystem(), _local_path(uri)
     scheme, rest = uri.split("://", 1)
     if scheme == "file":
         # A file URI names no bucket and takes no options: all that follows file:// is
@@ -145,6 +155,26 @@ def linked_pieces(inputs: list[Input]) -> dict[str, str]:
     return {p: g for g, members in groups.items() if len(members) > 1 for p in members}
 
 
+def reference_for(audio_uri: str, refs: dict[str, list[str]]) -> str:
+    """The reference MIDI of an audio file: the one MIDI file with its stem, or where
+    several share it (style folders a/t1.mid, b/t1.mid), the one in a folder of the same
+    name as the audio's. Otherwise none, with a warning: a guess would score the piece
+    against another song's notes and split the song from its own MIDI."""
+    name = _name(audio_uri)
+    found = refs.get(name.stem, [])
+    if len(found) > 1:
+        same_folder = [r for r in found if _name(r).parent.name == name.parent.name]
+        if len(same_folder) != 1:
+            log.warning(
+                "%s has no reference MIDI: %d MIDI files share its stem, %d of them in a "
+                "folder named %r",
+                audio_uri, len(found), len(same_folder), name.parent.name,
+            )  # fmt: skip
+            return ""
+        found = same_folder
+    return found[0] if found else ""
+
+
 def list_inputs(
     audio: list[str],
     midi: list[str],
@@ -154,12 +184,13 @@ def list_inputs(
     tier_midi: int,
     reference_midi: list[str] | None = None,
 ) -> list[Input]:
-    """All inputs in a stable order, with reference MIDI matched to audio by file stem."""
-    refs: dict[str, str] = {}
+    """All inputs in a stable order, with reference MIDI matched to audio by file stem
+    (see reference_for)."""
+    refs: dict[str, list[str]] = {}
     for root in reference_midi or []:
         for f in list_files(root):
             if _name(f).suffix.lower() in MIDI_EXTENSIONS:
-                refs.setdefault(_name(f).stem, f)
+                refs.setdefault(_name(f).stem, []).append(f)
     # A file may be found under both flags (one folder of mixed files given as --audio
     # and --midi): its extension decides what it is, the flags only say where to look.
     found: dict[str, set[str]] = {}
@@ -172,7 +203,7 @@ def list_inputs(
         ext = _name(f).suffix.lower()
         st = _style_for(f, style, style_from_folder)
         if ext in AUDIO_EXTENSIONS and "audio" in flags:
-            out.append(Input(f, "audio", 2, st, refs.get(_name(f).stem, "")))
+            out.append(Input(f, "audio", 2, st, reference_for(f, refs)))
         elif ext in MIDI_EXTENSIONS and "midi" in flags:
             out.append(Input(f, "midi", tier_midi, st))
         else:

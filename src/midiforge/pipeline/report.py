@@ -84,7 +84,9 @@ def markdown(rep: dict[str, Any]) -> str:
         "",
         f"- inputs: **{rep['inputs']}** — accepted {rep['accepted']}, rejected {rep['rejected']}",
         f"- dataset rows (with augmentation): **{rep['rows']}**",
-        f"- audio processed: {rep['audio_seconds']} s in {rep['elapsed_seconds']} s",
+        # Not a throughput: a resumed run reuses earlier runs' work, counted in the audio.
+        f"- audio in the inputs: {rep['audio_seconds']} s; this run took "
+        f"{rep['elapsed_seconds']} s",
         "",
         "## Splits",
         "",

@@ -34,6 +34,9 @@ def split_counts(n: int, fractions: tuple[float, float, float]) -> tuple[int, in
     if n >= 3:
         val = max(val, 1 if fractions[1] > 0 else 0)
         test = max(test, 1 if fractions[2] > 0 else 0)
+    # Two halves of 3 both round up to 2: never more held out than there are pieces.
+    val = min(val, n)
+    test = min(test, n - val)
     return n - val - test, val, test
 
 

@@ -106,6 +106,50 @@ def read_work(out: str, columns: list[str] | None = None, *, with_file: bool = F
     return pa.concat_tables(kept).select([*names, "work_file"] if with_file else names)
 
 
+# Rejects that say more about the moment than the file (a storage hiccup, a device out of
+# memory): a re-run tries these inputs again instead of keeping the reject.
+RETRY_REASONS = frozenset({"read_failed", "model_failed", "separation_failed"})
+
+
+def stale_pieces(out: str, kinds: dict[str, str]) -> set[str]:
+    """Pieces of `kinds` ({piece_id: kind as listed now}) whose work row a re-run must
+    redo: a row made for another kind (a .mid file rejected as unsupported when only
+    --audio listed it, now given under --midi), or a reject of RETRY_REASONS."""
+    rows = read_work(out, columns=["piece_id", "kind", "status", "reason"]).to_pylist()
+    return {
+        r["piece_id"]
+        for r in rows
+        if r["piece_id"] in kinds
+        and (
+            r["kind"] != kinds[r["piece_id"]]
+            or (r["status"] != "ok" and r["reason"] in RETRY_REASONS)
+        )
+    }
+
+
+def drop_rows(out: str, pieces: set[str]) -> None:
+    """Remove every work row of `pieces` (in all files, duplicates included), so that the
+    rows a re-run writes for them are their only ones. Each file is replaced whole."""
+    if not pieces:
+        return
+    fs, _ = _filesystem(out)
+    for path in work_files(out):
+        table = pq.read_table(path, filesystem=fs)
+        keep = [i not in pieces for i in table.column("piece_id").to_pylist()]
+        if all(keep):
+            continue
+        if not any(keep):
+            fs.delete_file(path)
+            continue
+        buf = io.BytesIO()
+        pq.write_table(table.filter(pa.array(keep, pa.bool_())), buf)
+        folder, name = posixpath.split(path)
+        tmp = f"{folder}/.tmp-{name}-{secrets.token_hex(4)}"  # not a "part-" file
+        with fs.open_output_stream(tmp) as f:
+            f.write(buf.getvalue())
+        fs.move(tmp, path)
+
+
 def check_settings(out: str, settings: dict[str, Any]) -> None:
     """Reuse work rows only under the settings that made them: rows of another
     transcriber, thresholds or tokenizer would otherwise be mixed silently into the new
