@@ -111,4 +111,34 @@ def test_serve_overrides_reach_the_app_args_and_are_checked_before_ray(capsys):
     assert cli.main(["serve", "--config", str(config), "--max_upload_bites=10"]) == 2
     assert "max_upload_bites" in capsys.readouterr().err
     assert cli.main(["serve", "--config", str(config), "--batch_max_size=0"]) == 2
-    assert "batch_max_size must be > 0" in capsys.readouterr().err
+    assert "batch_max_size must be finite and > 0" in capsys.readouterr().err
+    assert cli.main(["serve", "--config", str(config), "--max_audio_seconds=.inf"]) == 2
+    assert "max_audio_seconds must be finite" in capsys.readouterr().err
+
+
+def test_generate_reads_its_config_and_overrides_and_refuses_typos(tmp_path, capsys):
+    """`generate --config` and `--key=value` used to be accepted and ignored (a
+    --time_signature=3/4 wrote 4/4); a misspelt key passed silently."""
+    from midiforge import midi_io
+
+    cfg = tmp_path / "g.yaml"
+    cfg.write_text("bars: 3\nkey: Am\ntime_signature: 6/8\n")
+    out = tmp_path / "g.mid"
+    base = ["generate", "--model", "rules", "--out", str(out), "--seed", "1"]
+    assert cli.main([*base, "--config", str(cfg)]) == 0
+    pm = midi_io.load_midi(out.read_bytes())
+    ts = pm.time_signature_changes[0]
+    assert (ts.numerator, ts.denominator) == (6, 8)
+    assert cli.main([*base, "--config", str(cfg), "--time_signature=3/1", "--bars", "2"]) == 0
+    ts = midi_io.load_midi(out.read_bytes()).time_signature_changes[0]
+    assert (ts.numerator, ts.denominator) == (3, 1)
+    assert cli.main([*base, "--time-signature", "3/4"]) == 0
+    assert midi_io.load_midi(out.read_bytes()).time_signature_changes[0].numerator == 3
+    capsys.readouterr()
+    assert cli.main([*base, "--bras=4"]) == 2
+    assert "unknown config key(s): bras" in capsys.readouterr().err
+    assert cli.main([*base, "--prompt", str(out)]) == 2  # rules continue no prompt
+    assert "does not continue a prompt" in capsys.readouterr().err
+    evaluate = ["lm", "evaluate", "--models", "rules", "--dataset", "x", "--out", str(tmp_path)]
+    assert cli.main([*evaluate, "--temprature=0.8"]) == 2
+    assert "no --config or --key=value" in capsys.readouterr().err

@@ -306,7 +306,8 @@ def test_real_sequences_pass_the_grammar_token_by_token(tokenizer, grammar, real
 # --- rules baseline --------------------------------------------------------------------
 
 CASES = [("Am", "4/4"), ("A minor", "3/4"), ("D", "4/4"), ("D major", "6/8"),
-         ("F#m", "2/4"), ("Bb", "4/4"), ("C# minor", "12/8")]  # fmt: skip
+         ("F#m", "2/4"), ("Bb", "4/4"), ("C# minor", "12/8"), ("G", "3/1"),
+         ("Em", "2/1")]  # fmt: skip
 
 
 @pytest.mark.parametrize(("key", "time_signature"), CASES)

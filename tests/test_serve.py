@@ -208,6 +208,16 @@ def test_audio_limits_are_json_4xx_before_the_work(server, tiny_corpus):
     r = post(client, "transcribe", b"\0" * 13_000_000)
     assert (r.status_code, r.json()["error"]) == (413, "upload_too_large"), r.text
     assert "request body" in r.json()["detail"]
+
+    def chunks():  # no Content-Length: sent chunked, counted as it arrives
+        yield b'{"model": "rules", "style": "'
+        for _ in range(14):
+            yield b"x" * 1_000_000
+        yield b'"}'
+
+    json_type = {**AUTH, "content-type": "application/json"}
+    r = client.post("/v1/generate", content=chunks(), headers=json_type)
+    assert (r.status_code, r.json()["error"]) == (413, "upload_too_large"), r.text
     good = next((tiny_corpus / "audio" / "fiddle").glob("*.wav")).read_bytes()
     for value in ("inf", "1e309", "10001", "-1"):
         r = post(client, "transcribe", good, min_note_ms=value)
@@ -272,7 +282,17 @@ def test_generate_answers_with_registry_models_and_the_rule_baseline(server):
     r = client.post("/v1/generate", json={**body, "bars": 6, "prompt_midi": prompt}, headers=AUTH)
     assert r.status_code == 200, r.text
     assert midi_io.load_midi(r.content).get_end_time() == pytest.approx(6 * bar_s, abs=0.01)
+    # A continuation plays the asked-for programs (they used to be dropped with a prompt).
+    asked = {**body, "bars": 8, "prompt_midi": prompt, "programs": [73]}
+    r = client.post("/v1/generate", json=asked, headers=AUTH)
+    assert r.status_code == 200, r.text
+    after = [(i.program, n) for i in midi_io.load_midi(r.content).instruments for n in i.notes
+             if n.start >= 4 * bar_s - 1e-3]  # fmt: skip
+    assert after and {program for program, _ in after} == {73}
     for body, status, code in [
+        # The rules write one fresh line: a prompt or a second program is refused, not dropped.
+        ({"model": "rules", "prompt_midi": prompt}, 422, "invalid_request"),
+        ({"model": "rules", "programs": [40, 41]}, 422, "invalid_request"),
         ({"model": "tiny-lm", "style": "techno"}, 422, "invalid_request"),
         ({"model": "rules", "key": "H major"}, 422, "invalid_request"),
         ({"model": "nope"}, 404, "unknown_model"),
@@ -285,10 +305,12 @@ def test_generate_answers_with_registry_models_and_the_rule_baseline(server):
         r = client.post("/v1/generate", json=body, headers=AUTH, timeout=30)
         assert (r.status_code, r.json()["error"]) == (status, code), r.text
         assert "Traceback" not in r.json()["detail"]
-    body = {"model": "rules", "time_signature": "12/8", "bars": 2}
-    r = client.post("/v1/generate", json=body, headers=AUTH)
-    assert r.status_code == 200, r.text
-    assert midi_io.load_midi(r.content).time_signature_changes[0].numerator == 12
+    for meter in ("12/8", "3/1"):  # x/1 is in the tokenizer's range: it used to be a 422
+        body = {"model": "rules", "time_signature": meter, "bars": 2}
+        r = client.post("/v1/generate", json=body, headers=AUTH)
+        assert r.status_code == 200, r.text
+        ts = midi_io.load_midi(r.content).time_signature_changes[0]
+        assert f"{ts.numerator}/{ts.denominator}" == meter
     # Least recently used first, as Serve's LRU holds them; "nope" (404) evicted nothing.
     models = client.get("/v1/models", headers=AUTH).json()
     assert models["generator"]["loaded"] == ["tiny-lm", "rules"]
@@ -419,3 +441,17 @@ def test_request_timeout_is_a_json_504(server, tiny_corpus):
         assert r.status_code == 200 and len(r.json()["notes"]) > 10
     finally:
         serve.delete("slow")
+
+
+def test_registry_listing_survives_an_unreadable_manifest(tmp_path):
+    """One broken manifest used to make /v1/models a 500; it is listed apart now."""
+    from midiforge.serving.app import registry_listing
+
+    reg = Registry(str(tmp_path / "reg"))
+    reg.push(registry.stock_model_path(), "good", kind="transcriber")
+    reg.push(registry.stock_model_path(), "broken", kind="transcriber")
+    (tmp_path / "reg" / "broken" / registry.MANIFEST).write_text("{not json")
+    listing = registry_listing(str(tmp_path / "reg"))
+    assert [m["name"] for m in listing["models"]] == ["stock", "good"]
+    [bad] = listing["unreadable"]
+    assert bad["name"] == "broken" and bad["detail"]

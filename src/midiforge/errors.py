@@ -18,5 +18,7 @@ def run_reporting_errors(call: Callable[[], int], prog: str = "midiforge") -> in
     try:
         return call()
     except (MidiforgeError, OSError) as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
+        # An OSError made from a bare path (pyarrow's "not found") says nothing else.
+        bare = isinstance(e, OSError) and e.strerror is None
+        print(f"{prog}: error: {f'{type(e).__name__}: ' if bare else ''}{e}", file=sys.stderr)
         return 2

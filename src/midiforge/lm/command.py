@@ -134,14 +134,16 @@ def run_export(args: argparse.Namespace, overrides: list[str]) -> int:
 
 
 def add_generate(p: argparse.ArgumentParser) -> None:
+    # Defaults None: unset flags leave the --config YAML's values, else GenerateRequest's.
     p.add_argument("--model", required=True, help="'rules' or a registry name (exported)")
-    p.add_argument("--style", default="fiddle")
-    p.add_argument("--key", default="D major", help="e.g. Am, D, 'E- major'")
-    p.add_argument("--bpm", type=float, default=120.0)
-    p.add_argument("--bars", type=int, default=16)
+    p.add_argument("--style", help="default fiddle")
+    p.add_argument("--key", help="e.g. Am, D, 'E- major' (default D major)")
+    p.add_argument("--bpm", type=float, help="default 120")
+    p.add_argument("--bars", type=int, help="default 16")
+    p.add_argument("--time-signature", help="e.g. 3/4, 6/8, 3/1 (default 4/4)")
     p.add_argument("--prompt", help="MIDI file to continue")
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top-p", type=float, default=0.95)
+    p.add_argument("--temperature", type=float, help="default 1.0; <= 0 is greedy")
+    p.add_argument("--top-p", type=float, help="default 0.95")
     p.add_argument("--int8", action="store_true", help="use the INT8 model")
     p.add_argument(
         "--program", type=int, action="append", help="GM program to play (default: the style's)"
@@ -153,14 +155,19 @@ def add_generate(p: argparse.ArgumentParser) -> None:
 def run_generate(args: argparse.Namespace, overrides: list[str]) -> int:
     from pathlib import Path
 
+    from midiforge import config as cfgmod
     from midiforge.lm.generate import GenerateRequest, Generator
 
-    req = GenerateRequest(
+    req = cfgmod.load(
+        GenerateRequest, args.config, overrides,
         style=args.style, key=args.key, bpm=args.bpm, bars=args.bars,
-        temperature=args.temperature, top_p=args.top_p, seed=args.seed or 0,
-        prompt_midi=Path(args.prompt).read_bytes() if args.prompt else None,
-        programs=args.program,
+        time_signature=args.time_signature, temperature=args.temperature, top_p=args.top_p,
+        seed=args.seed, programs=args.program,
     )  # fmt: skip
+    if req.prompt_midi is not None:
+        raise cfgmod.ConfigError("give the prompt as a file: --prompt x.mid")
+    if args.prompt:
+        req.prompt_midi = Path(args.prompt).read_bytes()
     gen = Generator.load(args.model, models_root=args.models_root, int8=args.int8)
     result = gen.generate(req)
     Path(args.out).write_bytes(result.midi)
@@ -192,7 +199,11 @@ def add_evaluate(p: argparse.ArgumentParser) -> None:
 
 
 def run_evaluate(args: argparse.Namespace, overrides: list[str]) -> int:
+    from midiforge.config import ConfigError
     from midiforge.lm.evaluate import evaluate
+
+    if args.config or overrides:  # its settings are the flags; nothing else would be read
+        raise ConfigError("lm evaluate takes its flags only, no --config or --key=value")
 
     results = evaluate(
         [m.strip() for m in args.models.split(",") if m.strip()],

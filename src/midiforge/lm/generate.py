@@ -8,6 +8,7 @@ result always has exactly the requested number of bars.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -133,6 +134,11 @@ class RulesGenerator(Generator):
         from midiforge.lm.rules import generate_rules
 
         req.check()
+        # Refused rather than dropped: the rules write one fresh line on one instrument.
+        if req.prompt_midi:
+            raise GenerateError("the rules generator does not continue a prompt (prompt_midi)")
+        if req.programs and len(req.programs) > 1:
+            raise GenerateError(f"the rules generator plays one program, not {req.programs}")
         t0 = time.perf_counter()
         kw = {"program": req.programs[0]} if req.programs else {}
         midi = generate_rules(
@@ -258,9 +264,14 @@ class NeuralGenerator(Generator):
             try:
                 for t in prompt:
                     state = self.grammar.advance(state, t)
-                return state
             except ValueError as e:
                 error = e
+                continue
+            if req.programs:
+                # The prompt plays whatever it plays; the continuation only what was asked.
+                allowed = self.grammar.start(1, programs=req.programs).program_ids
+                state = dataclasses.replace(state, program_ids=allowed)
+            return state
         raise GenerateError(f"prompt MIDI does not fit the REMI grammar: {error}")
 
     def _context(self, out: list[int]) -> list[int]:

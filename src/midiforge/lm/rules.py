@@ -76,10 +76,11 @@ class Meter:
         if not (sep and num.isdigit() and den.isdigit()):
             raise ValueError(f"not a time signature: {text!r} (write e.g. '4/4', '6/8')")
         meter = cls(int(num), int(den))
-        if not 1 <= meter.numerator <= MAX_NUMERATOR or meter.denominator not in (2, 4, 8):
+        # x/1 too: the tokenizer holds the corpus's 2/1, 3/1 and 4/1 (whole-note beats).
+        if not 1 <= meter.numerator <= MAX_NUMERATOR or meter.denominator not in (1, 2, 4, 8):
             raise ValueError(
                 f"unsupported time signature {text!r}: numerators 1-{MAX_NUMERATOR}, "
-                "denominators 2, 4, 8"
+                "denominators 1, 2, 4, 8"
             )
         return meter
 

@@ -251,7 +251,9 @@ def _check_model_name(model: str) -> None:
         raise RequestError(400, "invalid_model_name", str(e)) from None
 
 
-async def _read_audio(audio: UploadFile, settings: ServeSettings) -> tuple[np.ndarray, float]:
+async def _read_audio(
+    audio: UploadFile, settings: ServeSettings, decodes: asyncio.Semaphore
+) -> tuple[np.ndarray, float]:
     """An uploaded file -> read_upload's clip, a file over the size limit refused unread."""
     from starlette.concurrency import run_in_threadpool
 
@@ -259,8 +261,27 @@ async def _read_audio(audio: UploadFile, settings: ServeSettings) -> tuple[np.nd
     # One byte over the limit at most, so a part of unknown size is never read whole.
     data = await audio.read(settings.max_upload_bytes + 1)
     # Decoding and resampling a long file take seconds: off the event loop, so /healthz
-    # and every other request keep being answered meanwhile.
-    return await run_in_threadpool(read_upload, data, settings)
+    # and every other request keep being answered meanwhile. A few at a time: a 0.4 MB
+    # FLAC may hold max_audio_seconds of 192 kHz stereo, ~1.8 GB while it is decoded.
+    async with decodes:
+        return await run_in_threadpool(read_upload, data, settings)
+
+
+def registry_listing(root: str | None) -> dict[str, list[dict[str, str]]]:
+    """/v1/models' registry part. A manifest that cannot be read is listed under
+    `unreadable` with the reason, not the end of the listing."""
+    from midiforge.registry import Registry, RegistryError
+
+    reg = Registry(root)
+    listed, unreadable = [], []
+    for name in reg.names():
+        try:
+            m = reg.manifest(name)
+        except (RegistryError, OSError) as e:
+            unreadable.append({"name": name, "detail": str(e)})
+            continue
+        listed.append({"name": m.name, "kind": m.kind, "version": m.version})
+    return {"models": listed, "unreadable": unreadable}
 
 
 def _unwrap(e: Exception) -> Exception:
@@ -313,8 +334,15 @@ def make_fastapi(settings: ServeSettings):
     from fastapi.exceptions import RequestValidationError
     from starlette.exceptions import HTTPException
 
-    api = FastAPI(title="midiforge", version="0.1.0", description="Audio to MIDI on Ray Serve")
     body_limit = settings.max_upload_bytes + MULTIPART_SLACK_BYTES
+    # max_body_size counts the bytes as they arrive: it holds a body sent without a
+    # Content-Length (chunked) to the limit that _auth applies to a declared one.
+    api = FastAPI(
+        title="midiforge",
+        version="0.1.0",
+        description="Audio to MIDI on Ray Serve",
+        max_body_size=body_limit,
+    )
 
     @api.exception_handler(RequestError)
     async def _request_error(_: Request, e: RequestError):
@@ -326,6 +354,8 @@ def make_fastapi(settings: ServeSettings):
 
     @api.exception_handler(HTTPException)
     async def _http(_: Request, e: HTTPException):
+        if e.status_code == 413:
+            return _error(413, "upload_too_large", f"request body over {body_limit} bytes")
         return _error(e.status_code, "http_error", str(e.detail))
 
     @api.middleware("http")
@@ -374,6 +404,7 @@ def build_app(
             self.transcriber = transcriber
             self.generator = generator
             self.classifier = classifier
+            self.decodes = asyncio.Semaphore(settings.max_concurrent_decodes)
 
         @api.get("/healthz")
         async def healthz(self) -> dict:
@@ -381,9 +412,12 @@ def build_app(
 
         @api.get("/v1/models")
         async def models(self) -> dict:
-            from midiforge.registry import Registry
+            from starlette.concurrency import run_in_threadpool
 
-            reg = Registry(settings.models_root)
+            # Manifests (and stock's hash) are read off the event loop: on s3:// that
+            # takes round trips that would hold up every other request, /healthz too.
+            registry = await run_in_threadpool(registry_listing, settings.models_root)
+            # "loaded" is what the replica that answered holds; each replica has its own.
             return {
                 "transcriber": {"loaded": await self.transcriber.models.remote()},
                 "generator": {
@@ -394,9 +428,8 @@ def build_app(
                     "default": settings.classifier_model,
                     "loaded": await self.classifier.models.remote(),
                 },
-                "registry": [
-                    {"name": m.name, "kind": m.kind, "version": m.version} for m in reg.list()
-                ],
+                "registry": registry["models"],
+                "registry_unreadable": registry["unreadable"],
             }
 
         @api.post("/v1/transcribe")
@@ -414,7 +447,7 @@ def build_app(
             min_note_ms: float | None = Query(None, ge=0, le=10_000),
         ):
             _check_model_name(model)
-            clip, seconds = await _read_audio(audio, settings)
+            clip, seconds = await _read_audio(audio, settings, self.decodes)
             decoding = {
                 "onset_threshold": onset_threshold,
                 "frame_threshold": frame_threshold,
@@ -447,7 +480,7 @@ def build_app(
                     "or name one with ?model=",
                 )
             _check_model_name(model)
-            clip, seconds = await _read_audio(audio, settings)
+            clip, seconds = await _read_audio(audio, settings, self.decodes)
             handle = self.classifier.options(multiplexed_model_id=model)
             try:
                 call = handle.classify.remote(clip, top)

@@ -3,6 +3,7 @@ serve/config.yaml; these are per-request rules."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 
@@ -26,6 +27,9 @@ class ServeSettings:
     batch_max_size: int = 4
     batch_wait_timeout_s: float = 0.02
     threads: int = 1  # onnxruntime threads per replica (replicas scale out instead)
+    # Uploads one Gateway replica decodes at once; the rest wait their turn. Each may take
+    # max_audio_seconds of 192 kHz stereo in memory while it is decoded (~1.8 GB at 600 s).
+    max_concurrent_decodes: int = 2
 
     def validate_config(self) -> None:
         from midiforge.config import ConfigError
@@ -36,10 +40,12 @@ class ServeSettings:
             "request_timeout_s": self.request_timeout_s,
             "batch_max_size": self.batch_max_size,
             "threads": self.threads,
+            "max_concurrent_decodes": self.max_concurrent_decodes,
         }
         for name, value in positive.items():
-            if not value > 0:
-                raise ConfigError(f"serve setting {name} must be > 0, not {value}")
+            # inf too: a limit that never binds would reach int() in the decoder
+            if not (math.isfinite(value) and value > 0):
+                raise ConfigError(f"serve setting {name} must be finite and > 0, not {value}")
         if self.batch_wait_timeout_s < 0:
             raise ConfigError(
                 f"serve setting batch_wait_timeout_s must be >= 0, not {self.batch_wait_timeout_s}"
