@@ -82,6 +82,8 @@ def test_dataset_job_runs_on_two_nodes(tiny_corpus, tmp_path):
             check=False,
         )
         assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
+        # Local paths on two nodes: right here (one filesystem), said to be a risk.
+        assert "on a cluster of 2 nodes: every node must see them" in job.stderr + job.stdout
         rep = json.loads((out / "report.json").read_text())
         assert rep["inputs"] == len(wavs)
         assert rep["accepted"] > 0

@@ -304,6 +304,21 @@ def _delete_dataset(fs: pafs.FileSystem, target: str) -> None:
         fs.delete_dir(target)  # a re-run writes the final dataset afresh
 
 
+def _warn_local_paths(cfg: DatasetConfig) -> None:
+    """Workers on any node read the inputs and the work files: on a cluster of several
+    machines a local path works only on a filesystem they all mount."""
+    import ray
+
+    local = [p for p in (*cfg.audio, *cfg.midi, cfg.out) if "://" not in p]
+    nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
+    if local and nodes > 1:
+        log.warning(
+            "local paths (%s) on a cluster of %d nodes: every node must see them (a shared "
+            "filesystem); otherwise give s3:// or gs:// URIs",
+            ", ".join(local[:3]) + (", ..." if len(local) > 3 else ""), nodes,
+        )  # fmt: skip
+
+
 def build_dataset(cfg: DatasetConfig, address: str | None = None) -> dict[str, Any]:
     """Run the whole job; returns report.json's content."""
     from midiforge.symbolic.tokenize import make_tokenizer, save_tokenizer
@@ -331,6 +346,7 @@ def build_dataset(cfg: DatasetConfig, address: str | None = None) -> dict[str, A
         "%d inputs, %d already done, %d to process", len(inputs), len(inputs) - len(todo), len(todo)
     )
     connect(address)
+    _warn_local_paths(cfg)
     if todo:
         process_inputs(cfg, todo, checks)
     ids = {i.piece_id for i in inputs}
