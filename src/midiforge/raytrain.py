@@ -268,6 +268,22 @@ def budget_spent(state: dict[str, Any], sched: dict[str, Any], total_steps: int)
     return bool(out_of_time or out_of_epochs or state["step"] >= total_steps)
 
 
+def budget_spent_everywhere(state: dict[str, Any], sched: dict[str, Any], total_steps: int) -> bool:
+    """budget_spent, the same on every DDP worker. Steps and epochs agree by construction,
+    but each worker reads its own clock: one past max_minutes would validate (an
+    all-reduce of the val loss) while another took one more step (the gradients'
+    all-reduce), and both would wait forever. Any worker out of time stops them all."""
+    spent = budget_spent(state, sched, total_steps)
+    if not sched["max_minutes"]:
+        return spent
+    return any_worker(spent)
+
+
+def any_worker(flag: bool) -> bool:
+    """True on every worker when it is True on any (itself without DDP)."""
+    return all_sum([1.0 if flag else 0.0])[0] > 0
+
+
 def epoch_batches(state: dict[str, Any], batches: Iterable[Any]) -> Iterator[Any]:
     """The batches of the current epoch the run has not taken yet.
 

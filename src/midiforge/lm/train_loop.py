@@ -121,7 +121,7 @@ def train_loop(cfg: dict[str, Any]) -> None:
             losses.append(loss.item())
             tokens_seen += int((labels != -100).sum())
             state["elapsed"] = time.monotonic() - started
-            spent = raytrain.budget_spent(state, sched, total_steps)
+            spent = raytrain.budget_spent_everywhere(state, sched, total_steps)
             if state["step"] % sched["eval_every"] == 0 or spent:
                 part = _evaluate(net, val_shard, sched["batch_size"], pad)
                 nll, count = raytrain.all_sum(list(part))

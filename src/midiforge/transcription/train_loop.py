@@ -178,7 +178,7 @@ def train_loop(cfg: dict[str, Any]) -> None:  # noqa: PLR0915 - one loop, top to
             losses.append(float(value.detach()))
             seen += audio.shape[0]
             state["elapsed"] = time.monotonic() - started
-            spent = raytrain.budget_spent(state, sched, total_steps)
+            spent = raytrain.budget_spent_everywhere(state, sched, total_steps)
             if not (state["step"] % eval_every == 0 or spent):
                 continue
             val, per_key = _val_loss(net, val_shard, sched["batch_size"], loss)
