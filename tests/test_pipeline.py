@@ -67,7 +67,9 @@ def test_end_to_end_contracts(built, capsys):
     assert len(table) == rep["rows"]
     for r in table.slice(0, 20).to_pylist():
         assert r["tokens"] and midi_io.load_midi(r["midi"]).instruments
-        json.loads(r["augmentation"]) and json.loads(r["models"])
+        applied = json.loads(r["augmentation"])
+        assert set(applied) == {"transpose", "tempo_scale", "velocity_delta", "octave"}
+        assert json.loads(r["models"])["transcriber"]["name"] == "stock"
 
 
 def test_every_transcription_actor_gets_an_equal_share(built):
@@ -235,15 +237,16 @@ def test_tiny_demucs_through_the_real_loader(tiny_corpus, tmp_path):
     repo = make_debug_repo(tmp_path / "demucs", name="debug")
     out = tmp_path / "out"
     wavs = sorted((tiny_corpus / "audio" / "fiddle").glob("*.wav"))[:1]
-    rep = build_dataset(
-        DatasetConfig(
-            audio=[str(w) for w in wavs],
-            style="fiddle",
-            out=str(out),
-            separator=f"{repo}:debug",
-            stem="other",
-        )
+    cfg = DatasetConfig(
+        audio=[str(w) for w in wavs],
+        style="fiddle",
+        out=str(out),
+        separator=f"{repo}:debug",
+        stem="other",
     )
+    # The models column names the separator from the config: the plan shows it runs.
+    assert "MapBatches(Separate)" in _physical_plan(cfg)
+    rep = build_dataset(cfg)
     check_contracts(out, rep)
     assert rep["inputs"] == 1
     models = json.loads(pq.read_table(out / "_work").column("models")[0].as_py())

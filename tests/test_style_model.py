@@ -21,7 +21,7 @@ from midiforge.classifiers.style.classifier import (
 )
 from midiforge.classifiers.style.data import split_by_piece
 from midiforge.classifiers.style.ensemble import HandModel, combine, fit_hand_model
-from midiforge.classifiers.style.features import MelConfig
+from midiforge.classifiers.style.features import MelConfig, handcrafted_features
 from midiforge.classifiers.style.model import CnnConfig, build_model
 from midiforge.classifiers.style.onnx_export import max_abs_diff
 from midiforge.classifiers.style.run import StyleConfig, evaluate_model, train_and_export
@@ -114,6 +114,11 @@ def test_predict_probabilities_and_top_k(trained):
     stereo = np.stack([np.sin(2 * np.pi * 440 * t), np.sin(2 * np.pi * 660 * t)]) * 0.3
     p = clf.probabilities(stereo, 44_100)  # resampled and downmixed inside
     assert p.shape == (2,) and p.sum() == pytest.approx(1.0) and (p >= 0).all()
+    import librosa
+
+    mono = librosa.resample(stereo.mean(axis=0), orig_sr=44_100, target_sr=22_050,
+                            res_type="soxr_hq").astype(np.float32)  # fmt: skip
+    np.testing.assert_allclose(p, clf.probabilities(mono, 22_050), atol=1e-6)
     top = clf.predict(stereo, 44_100, top=3)
     assert len(top) == 2 and [s for s, _ in top] == [clf.labels[i] for i in np.argsort(-p)]
     assert top[0][1] >= top[1][1]
@@ -157,8 +162,16 @@ def test_ensemble_model_folder_loads_and_mixes(trained, tmp_path):
     clf = StyleClassifier.load(folder)
     assert clf.hand is not None and clf.w_hand == 0.5
     t = np.arange(3 * SR) / SR
-    p = clf.probabilities((0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32), SR)
-    assert p.sum() == pytest.approx(1.0)
+    x = (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+    p = clf.probabilities(x, SR)
+    # The CNN alone (the trained folder has no hand model), then the weighted mix.
+    cnn_only = StyleClassifier.load(cfg.model_folder())
+    assert cnn_only.hand is None or cnn_only.w_hand == 0
+    p_cnn = cnn_only.probabilities(x, SR)
+    p_hand = clf.hand.proba(handcrafted_features(x, SR))[0]
+    mixed = combine(p_cnn, p_hand, clf.w_cnn, 0.5)
+    np.testing.assert_allclose(p, mixed / mixed.sum(), atol=1e-6)
+    assert not np.allclose(p, p_cnn, atol=1e-3)
     (folder / "hand.json").unlink()
     with pytest.raises(StyleModelError, match=r"hand\.json is missing"):
         StyleClassifier.load(folder)
@@ -271,6 +284,7 @@ def test_train_style_reports_every_epoch(trained):
     _, history = train_style(tcfg, data, report=lambda e, m, _model: calls.append((e, m)))
     assert [e for e, _ in calls] == [1, 2] and [m for _, m in calls] == history
     assert set(history[0]) >= {"epoch", "train_loss", "val_loss", "val_accuracy"}
+    assert history[-1]["train_loss"] < history[0]["train_loss"]  # it learns
     with pytest.raises(ConfigError, match="clips are"):
         train_style(StyleTrainConfig(epochs=1), data)
 

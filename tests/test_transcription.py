@@ -104,3 +104,8 @@ def test_devices():
             create_session(registry.stock_model_path(), "cuda")
         expected = "OpenVINOExecutionProvider" if X86 else "CPUExecutionProvider"
         assert create_session(registry.stock_model_path(), "auto")[1] == expected
+    else:  # the GPU image: auto and cuda both take CUDA
+        for device in ("auto", "cuda"):
+            assert create_session(registry.stock_model_path(), device)[1] == (
+                "CUDAExecutionProvider"
+            )

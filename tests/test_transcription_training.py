@@ -20,7 +20,7 @@ from midiforge.transcription import compare, extract, prepare, train
 from midiforge.transcription.calibrate import Calibration
 from midiforge.transcription.export import load_weights
 from midiforge.transcription.models import resolve_model, transcribe_audio
-from midiforge.transcription.notes import NoteDecoding
+from midiforge.transcription.notes import NoteDecoding, model_decoding
 from midiforge.transcription.onnx_weights import from_onnx
 from midiforge.transcription.train_config import TrainRunConfig, TrainSchedule
 
@@ -149,6 +149,13 @@ def test_extract_and_compare_by_name(trained, tmp_path):
     ))  # fmt: skip
     assert set(res["models"]) == {"stock", NAME}
     assert res["models"][NAME]["pieces"] == 2
+    # compare decodes the model at its decoding.yaml, as extract does, not at stock's
+    own = model_decoding(resolve_model(NAME, cfg.models_root))
+    used = res["decoding"][NAME]
+    assert {k: used[k] for k in own} == own
+    rows = {r["piece"]: r["notes"] for r in res["per_piece"][NAME]}
+    for w in sorted((work / "audio" / "fiddle").glob("*.wav")):
+        assert rows[w.stem] == len(_calibrated_differs(w, cfg))
     assert json.loads((tmp_path / "cmp" / "results.json").read_text())["models"] == res["models"]
 
 

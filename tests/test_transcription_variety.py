@@ -109,11 +109,17 @@ def test_synth_is_silent_before_the_note_and_its_release_decays():
     assert rms(audio[int(1.5 * SR) :]) < during * 1e-3  # -60 dB by the end of the release
 
 
-def test_synth_renders_a_fiddle_tune_fast_enough():
+def test_synth_renders_a_whole_fiddle_tune():
+    """A real tune comes out whole and sounding (speed belongs in bench/, not in tests)."""
     pm, _ = corpus.score_to_midi(corpus.select("fiddle", 0)[0], 8.0)
     params = synth.sample_synth_params(np.random.default_rng(3))
     audio = synth.synth_render(pm, SR, params, np.random.default_rng(0))
     assert np.isfinite(audio).all() and len(audio) == round((pm.get_end_time() + 1.0) * SR)
+    notes = midi_io.notes_array(pm)
+    # Sound under every note's first 50 ms, and louder there than after the release.
+    for start in notes[:, 0]:
+        assert rms(audio[int(start * SR) : int((start + 0.05) * SR)]) > 1e-3, start
+    assert rms(audio[-int(0.05 * SR) :]) < rms(audio[: int(pm.get_end_time() * SR)]) * 0.1
 
 
 # --- vibrato, transposition, timbre draws --------------------------------------------------
