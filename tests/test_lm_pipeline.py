@@ -250,12 +250,6 @@ def test_generate_rejects_an_unknown_style_clearly(exported, tmp_path, capsys):
     assert "techno" in capsys.readouterr().err
 
 
-def exported_vocab_size(models_root: str, name: str) -> int:
-    from midiforge.lm.generate import Generator
-
-    return Generator.load(name, models_root=models_root).lm.vocab_size
-
-
 def test_perplexity_scores_each_token_once_behind_the_prefix(exported):
     """Generator.perplexity against torch: every token of a piece longer than the training
     length scored once, each window behind the conditioning prefix, which is not scored."""
@@ -293,8 +287,9 @@ def test_evaluate_writes_results_for_every_config(exported, lm_dataset, tmp_path
     assert data["style"] == "fiddle" and data["n"] == 6
     assert set(data["configs"]) == {"rules", "base", "lora"}
     assert data["configs"]["rules"]["perplexity"] is None
-    for name in ("base", "lora"):  # above perfect, below a uniform guess
-        assert 1 < data["configs"][name]["perplexity"] < exported_vocab_size(exported, name)
+    ppl = {name: data["configs"][name]["perplexity"] for name in ("base", "lora")}
+    # Fine-tuned on fiddle, the LoRA model predicts held-out fiddle better than its base.
+    assert 1 < ppl["lora"] < ppl["base"], ppl
     assert data["conditioning"] == {"rules": "fiddle", "base": "folk", "lora": "fiddle"}
     assert {"rules_vs_base", "rules_vs_lora", "base_vs_lora"} <= set(data["wilcoxon"])
     assert (tmp_path / "results.md").is_file() and (tmp_path / "results.png").is_file()

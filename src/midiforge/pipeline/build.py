@@ -304,19 +304,21 @@ def _delete_dataset(fs: pafs.FileSystem, target: str) -> None:
         fs.delete_dir(target)  # a re-run writes the final dataset afresh
 
 
-def _warn_local_paths(cfg: DatasetConfig) -> None:
+def _warn_local_paths(cfg: DatasetConfig) -> bool:
     """Workers on any node read the inputs and the work files: on a cluster of several
-    machines a local path works only on a filesystem they all mount."""
+    machines a local path works only on a filesystem they all mount. Whether it warned."""
     import ray
 
     local = [p for p in (*cfg.audio, *cfg.midi, cfg.out) if "://" not in p]
     nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
-    if local and nodes > 1:
-        log.warning(
-            "local paths (%s) on a cluster of %d nodes: every node must see them (a shared "
-            "filesystem); otherwise give s3:// or gs:// URIs",
-            ", ".join(local[:3]) + (", ..." if len(local) > 3 else ""), nodes,
-        )  # fmt: skip
+    if not (local and nodes > 1):
+        return False
+    log.warning(
+        "local paths (%s) on a cluster of %d nodes: every node must see them (a shared "
+        "filesystem); otherwise give s3:// or gs:// URIs",
+        ", ".join(local[:3]) + (", ..." if len(local) > 3 else ""), nodes,
+    )  # fmt: skip
+    return True
 
 
 def build_dataset(cfg: DatasetConfig, address: str | None = None) -> dict[str, Any]:
@@ -346,9 +348,11 @@ def build_dataset(cfg: DatasetConfig, address: str | None = None) -> dict[str, A
         "%d inputs, %d already done, %d to process", len(inputs), len(inputs) - len(todo), len(todo)
     )
     connect(address)
-    _warn_local_paths(cfg)
+    warned = _warn_local_paths(cfg)
     if todo:
         process_inputs(cfg, todo, checks)
+        if not warned:  # nodes that joined during the run (an autoscaling cluster)
+            _warn_local_paths(cfg)
     ids = {i.piece_id for i in inputs}
     meta_cols = [n for n in schema.WORK.names if n not in ("midi", "tokens")]
     meta = work.read_work(cfg.out, columns=meta_cols, with_file=True)

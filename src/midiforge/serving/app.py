@@ -20,6 +20,7 @@ from fastapi import File, Query, UploadFile
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
 from ray import serve
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from midiforge import config as cfgmod
 from midiforge.serving.requests import (
@@ -313,6 +314,38 @@ async def _answer(call, timeout_s: float):
         raise cause from e
 
 
+class BodyTooLarge(StarletteHTTPException):
+    def __init__(self) -> None:
+        super().__init__(status_code=413)
+
+
+class BodyLimit:
+    """Counts a request's body as it arrives and refuses it past `limit`: a body sent
+    without a Content-Length (chunked) is held to the limit _auth applies to a declared
+    one. Raised from the route's own body read, the 413 goes through the app's JSON error
+    handler. (FastAPI's max_body_size would answer a declared length in plain text.)"""
+
+    def __init__(self, app, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        seen = 0
+
+        async def counted():
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise BodyTooLarge
+            return message
+
+        await self.app(scope, counted, send)
+
+
 def _body_too_large(content_length: str, limit: int) -> bool:
     """Whether a request's declared length exceeds `limit`. An absent or malformed one is
     left to the server and to the upload's own checks."""
@@ -335,14 +368,8 @@ def make_fastapi(settings: ServeSettings):
     from starlette.exceptions import HTTPException
 
     body_limit = settings.max_upload_bytes + MULTIPART_SLACK_BYTES
-    # max_body_size counts the bytes as they arrive: it holds a body sent without a
-    # Content-Length (chunked) to the limit that _auth applies to a declared one.
-    api = FastAPI(
-        title="midiforge",
-        version="0.1.0",
-        description="Audio to MIDI on Ray Serve",
-        max_body_size=body_limit,
-    )
+    api = FastAPI(title="midiforge", version="0.1.0", description="Audio to MIDI on Ray Serve")
+    api.add_middleware(BodyLimit, limit=body_limit)
 
     @api.exception_handler(RequestError)
     async def _request_error(_: Request, e: RequestError):
