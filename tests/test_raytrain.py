@@ -42,3 +42,21 @@ def test_workers_stop_on_time_together(tmp_path):
     assert [d["agreed"] for d in decisions] == [True, True]
     decisions = _run(tmp_path, elapsed=[30.0, 29.0], max_minutes=1.0)
     assert [d["agreed"] for d in decisions] == [False, False]
+
+
+def test_exact_batches_recut_short_batches_in_order():
+    """Blocks of 8, 6, 8 and 2 rows with batches of 8 (Ray Data's short mid-stream
+    batches): three batches of exactly 8, in order, as on every rank with 24 rows."""
+    import numpy as np
+    import torch
+
+    for make in (np.arange, torch.arange):
+        parts = [(0, 8), (8, 14), (14, 22), (22, 24)]
+        batches = [{"data": make(a, b), "twice": 2 * make(a, b)} for a, b in parts]
+        out = list(raytrain.exact_batches(batches, 8))
+        assert [len(b["data"]) for b in out] == [8, 8, 8]
+        got = [int(x) for b in out for x in b["data"]]
+        assert got == list(range(24))
+        assert all((b["twice"] == 2 * b["data"]).all() for b in out)
+        # The rows that do not fill a batch are dropped, as drop_last does.
+        assert len(list(raytrain.exact_batches(batches[:3], 8))) == 2

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow.fs as pafs
 
 STATE = "state.pt"
@@ -282,6 +283,34 @@ def budget_spent_everywhere(state: dict[str, Any], sched: dict[str, Any], total_
 def any_worker(flag: bool) -> bool:
     """True on every worker when it is True on any (itself without DDP)."""
     return all_sum([1.0 if flag else 0.0])[0] > 0
+
+
+def exact_batches(batches: Iterable[dict[str, Any]], batch_size: int) -> Iterator[dict[str, Any]]:
+    """Batches (dicts of numpy arrays or torch tensors) of exactly `batch_size` rows, in
+    order, the remainder dropped. With a local shuffle buffer, Ray Data yields short
+    batches mid-stream at block boundaries that drop_last keeps (ray-project/ray#66085),
+    so an epoch's batch count follows how the blocks arrived and can differ between DDP
+    ranks: one rank validates while another still trains, and both wait forever. Cut
+    again here, each rank takes (its rows // batch_size) steps, the same on all."""
+    pending: list[dict[str, Any]] = []
+    have = 0
+    for batch in batches:
+        pending.append(batch)
+        have += len(next(iter(batch.values())))
+        while have >= batch_size:
+            joined = pending[0] if len(pending) == 1 else _concat(pending)
+            yield {k: v[:batch_size] for k, v in joined.items()}
+            have -= batch_size
+            pending = [{k: v[batch_size:] for k, v in joined.items()}] if have else []
+
+
+def _concat(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    first = next(iter(parts[0].values()))
+    if type(first).__module__.startswith("torch"):
+        import torch
+
+        return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
 def epoch_batches(state: dict[str, Any], batches: Iterable[Any]) -> Iterator[Any]:
