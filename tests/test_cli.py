@@ -98,11 +98,11 @@ def test_generate_refuses_bad_requests_in_one_line(tmp_path, capsys):
 
 def test_serve_overrides_reach_the_app_args_and_are_checked_before_ray(capsys):
     """`midiforge serve --key=value` used to be accepted and ignored."""
-    from midiforge.serving.local import app_args, read_app_config
+    from midiforge.serving.local import read_app_config, with_overrides
 
     config = Path(__file__).resolve().parents[1] / "serve" / "config.yaml"
     base, _ = read_app_config(config)
-    args = app_args(config, ["--generator_model=rules", "--max_audio_seconds=120"])
+    args = with_overrides(base, ["--generator_model=rules", "--max_audio_seconds=120"])
     assert args["generator_model"] == "rules" and args["max_audio_seconds"] == 120
     assert {k: v for k, v in args.items() if k not in ("generator_model", "max_audio_seconds")} == {
         k: v for k, v in base.items() if k not in ("generator_model", "max_audio_seconds")

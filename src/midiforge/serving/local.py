@@ -33,14 +33,13 @@ def read_app_config(path: str | Path) -> tuple[dict[str, Any], dict[str, dict[st
     return dict(app.get("args") or {}), options
 
 
-def app_args(config: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:
-    """The config's builder args with `--key=value` overrides on top, checked as
-    ServeSettings before any Ray starts (a typo is a ConfigError, not a default)."""
+def with_overrides(args: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
+    """Builder args with `--key=value` overrides on top, checked as ServeSettings before
+    any Ray starts (a typo is a ConfigError, not a default)."""
     from midiforge import config as cfgmod
     from midiforge.serving.settings import ServeSettings
 
-    args, _ = read_app_config(config)
-    args.update(cfgmod.parse_overrides(overrides or []))
+    args = {**args, **cfgmod.parse_overrides(overrides or [])}
     cfgmod.from_dict(ServeSettings, dict(args))
     return args
 
@@ -52,8 +51,8 @@ def run(config: str | Path, port: int = 8000, overrides: list[str] | None = None
     from midiforge.pipeline.build import connect
     from midiforge.serving.app import build_app
 
-    args = app_args(config, overrides)
-    _, options = read_app_config(config)
+    args, options = read_app_config(config)
+    args = with_overrides(args, overrides)
     connect(None)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     app = build_app(
