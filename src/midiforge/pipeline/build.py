@@ -94,7 +94,6 @@ def _input_rows(inputs: list[Input]) -> list[dict[str, Any]]:
 class StartChecks(NamedTuple):
     sep_format: tuple[int, int] | None  # Demucs' (sample rate, channels); None unseparated
     model: ModelRef  # the transcriber, at the version this run uses
-    version: str
     notes: NoteDecoding  # thresholds the config leaves unset are the model's decoding.yaml
 
 
@@ -122,7 +121,7 @@ def _start_checks(cfg: DatasetConfig) -> StartChecks:
     ref = registry.ModelRef(reg.root, cfg.transcriber, manifest.version)
     # Fetched and verified here first: a bad model fails the job now.
     notes = cfg.notes.resolve(model_decoding(ref.local_file()))
-    return StartChecks(sep_format, ref, manifest.version, notes)
+    return StartChecks(sep_format, ref, notes)
 
 
 def work_settings(cfg: DatasetConfig, checks: StartChecks) -> dict[str, Any]:
@@ -131,7 +130,7 @@ def work_settings(cfg: DatasetConfig, checks: StartChecks) -> dict[str, Any]:
     decoding.yaml, is a new version: its rows must not join the old ones'."""
     settings = cfg.work_settings()
     settings["notes"] = cfgmod.to_dict(checks.notes)
-    settings["transcriber_version"] = checks.version
+    settings["transcriber_version"] = checks.model.version
     return settings
 
 
@@ -152,7 +151,7 @@ def plan_inputs(cfg: DatasetConfig, todo: list[Input], checks: StartChecks):
     """The per-input stages over `todo` as a Ray Data dataset (nothing runs yet)."""
     import ray
 
-    sep_format, model, version, notes_cfg = checks
+    sep_format, model, notes_cfg = checks
     c = cfg.compute
     fused = c.fuse_cpu_stages and not c.transcribe.num_gpus
     decode, transcribe = c.decode, c.transcribe
@@ -194,7 +193,7 @@ def plan_inputs(cfg: DatasetConfig, todo: list[Input], checks: StartChecks):
                 _threads(c.separate),
             ),
         )
-    models = stages.models_json(cfg.separator, cfg.stem, cfg.transcriber, version)
+    models = stages.models_json(cfg.separator, cfg.stem, cfg.transcriber, model.version)
     transcribe_args = (model, cfg.device, cfg.batch_windows, _threads(c.transcribe))
     # music21's key profiles, read here once rather than in every actor (see validate).
     key_profiles = validate.music21_key_profiles()
