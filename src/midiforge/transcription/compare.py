@@ -103,12 +103,13 @@ def find_pieces(input_path: str | Path) -> list[Piece]:
     files = _files(root, audio.AUDIO_EXTENSIONS, "audio")
     if root.is_file():
         return [Piece(root.stem, root)]
-    names = [f.relative_to(root).with_suffix("").as_posix() for f in files]
+    rels = [f.relative_to(root) for f in files]
+    names = [r.with_suffix("").as_posix() for r in rels]
     # x.wav and x.flac in one folder would share a row, a reference and a plot file
     taken = Counter(names)
     return [
-        Piece(name if taken[name] == 1 else f.relative_to(root).as_posix(), f)
-        for name, f in zip(names, files, strict=True)
+        Piece(name if taken[name] == 1 else rel.as_posix(), f)
+        for name, rel, f in zip(names, rels, files, strict=True)
     ]
 
 
