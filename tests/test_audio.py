@@ -85,11 +85,34 @@ def test_matches_librosa_load(tmp_path):
 
 def _flac_declaring(total_samples: int, seconds=2.0, sr=8_000) -> bytes:
     """A short silent FLAC whose STREAMINFO claims `total_samples` frames (36-bit field)."""
-    data = bytearray(wav(np.zeros((8, int(seconds * sr)), np.float32), sr, fmt="FLAC"))
+    return _declare(
+        wav(np.zeros((8, int(seconds * sr)), np.float32), sr, fmt="FLAC"), total_samples
+    )
+
+
+def _declare(flac: bytes, total_samples: int) -> bytes:
+    data = bytearray(flac)
     # "fLaC", a 4-byte block header, then STREAMINFO: the count is its bits 108..143.
     data[21] = (data[21] & 0xF0) | (total_samples >> 32)
     data[22:26] = (total_samples & 0xFFFFFFFF).to_bytes(4, "big")
     return bytes(data)
+
+
+def test_a_flac_of_open_length_decodes_in_full():
+    """A FLAC written to a pipe has 0 total samples in its header, which libsndfile reads
+    as 2**63 - 1 frames: it used to be refused as too long, and soundfile's own reader
+    failed on its last block."""
+    x = tone(3.3, channels=2)  # over one decoding block, ending in a partial one
+    full = wav(x, fmt="FLAC")
+    piped = _declare(full, 0)
+    assert sf.info(io.BytesIO(piped)).frames == 2**63 - 1
+    got, sr = audio.decode(piped, max_seconds=600)
+    want, _ = audio.decode(full, max_seconds=600)
+    assert sr == SR and got.shape == x.shape and np.array_equal(got, want)
+    assert got.shape == audio.decode_checked(piped, audio.AudioLimits())[0].shape
+    # The limit still holds: decoding stops once it is passed.
+    with pytest.raises(audio.AudioError, match=r"too_long: decoding passed 3\.0 s > maximum 2 s"):
+        audio.decode(piped, max_seconds=2.0)
 
 
 def test_declared_length_is_refused_before_decoding():

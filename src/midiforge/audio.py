@@ -19,6 +19,10 @@ from midiforge.errors import MidiforgeError
 
 TRANSCRIPTION_SR = 22_050
 AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg")
+# libsndfile's frame count for a header that leaves the length open: a FLAC written to a
+# pipe (`ffmpeg ... -f flac -`) has 0 total samples in its STREAMINFO.
+_OPEN_LENGTH = 2**63 - 1
+_BLOCK_FRAMES = 1 << 16
 
 
 class AudioError(MidiforgeError, ValueError):
@@ -65,7 +69,9 @@ def decode(data: bytes, max_seconds: float | None = None) -> tuple[np.ndarray, i
 
     max_seconds: refuse ("too_long") a file whose header declares more, before decoding
     it: a small compressed file can declare hours of 8-channel audio, gigabytes once
-    decoded. Callers check the decoded length too (an MP3's declared length is estimated).
+    decoded. A header that leaves the length open is decoded in blocks, refused as soon
+    as it passes max_seconds. Callers check the decoded length too (an MP3's declared
+    length is estimated).
     """
     if not data:
         raise AudioError("empty", "the file has 0 bytes")
@@ -81,25 +87,65 @@ def decode(data: bytes, max_seconds: float | None = None) -> tuple[np.ndarray, i
         raise AudioError(
             "truncated", f"WAV data chunk declares {declared[0]} bytes, file holds {declared[1]}"
         )
-    if max_seconds is not None and info.samplerate > 0:
-        _check_max_seconds(info.frames / info.samplerate, max_seconds, "the header declares ")
-        # Within the length, a rate and channel count far beyond music's can still ask for
-        # gigabytes (8 channels at 655 kHz): allow what max_seconds of 192 kHz stereo holds.
-        samples, most = info.frames * info.channels, int(max_seconds * 192_000 * 2)
-        if samples > most:
-            raise AudioError(
-                "too_large",
-                f"the header declares {info.frames} frames x {info.channels} channels at "
-                f"{info.samplerate} Hz; at most {most} samples (192 kHz stereo for "
-                f"{max_seconds:g} s) are decoded",
+    if info.frames == _OPEN_LENGTH:
+        x = _read_open_length(data, max_seconds)
+    else:
+        if max_seconds is not None and info.samplerate > 0:
+            seconds = info.frames / info.samplerate
+            _check_max_seconds(seconds, max_seconds, "the header declares ")
+            _check_samples(
+                info.frames, info.channels, info.samplerate, max_seconds, "the header declares "
             )
-    try:
-        x, sr = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
-    except (sf.LibsndfileError, RuntimeError) as e:
-        raise AudioError("truncated", f"decoding stopped early ({e})") from None
+        try:
+            x, _ = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
+        except (sf.LibsndfileError, RuntimeError) as e:
+            raise AudioError("truncated", f"decoding stopped early ({e})") from None
     if x.shape[0] == 0:
         raise AudioError("empty", f"{info.format} file with no samples")
-    return np.ascontiguousarray(x.T), int(sr)
+    return np.ascontiguousarray(x.T), int(info.samplerate)
+
+
+def _check_samples(frames: int, channels: int, rate: int, max_seconds: float, what: str) -> None:
+    """Within the length, a rate and channel count far beyond music's can still ask for
+    gigabytes (8 channels at 655 kHz): allow what max_seconds of 192 kHz stereo holds."""
+    most = int(max_seconds * 192_000 * 2)
+    if frames * channels > most:
+        raise AudioError(
+            "too_large",
+            f"{what}{frames} frames x {channels} channels at {rate} Hz; at "
+            f"most {most} samples (192 kHz stereo for {max_seconds:g} s) are decoded",
+        )
+
+
+class _Stream(sf.SoundFile):
+    """A SoundFile read front to back. soundfile seeks to its own position after every
+    read of a seekable file, and libsndfile cannot seek in a FLAC of open length: the
+    last block then fails ("psf_fseek() failed") though it was decoded."""
+
+    def seekable(self) -> bool:
+        return False
+
+
+def _read_open_length(data: bytes, max_seconds: float | None) -> np.ndarray:
+    """(frames, channels) of a file whose header leaves the length open, decoded block by
+    block so that max_seconds bounds the memory before the end is known."""
+    blocks = []
+    frames = 0
+    try:
+        with _Stream(io.BytesIO(data)) as f:
+            rate, channels = f.samplerate, f.channels
+            while True:
+                block = f.read(_BLOCK_FRAMES, dtype="float32", always_2d=True)
+                blocks.append(block)
+                frames += len(block)
+                if max_seconds is not None and rate > 0:
+                    _check_max_seconds(frames / rate, max_seconds, "decoding passed ")
+                    _check_samples(frames, channels, rate, max_seconds, "decoding passed ")
+                if len(block) < _BLOCK_FRAMES:
+                    break
+    except (sf.LibsndfileError, RuntimeError) as e:
+        raise AudioError("truncated", f"decoding stopped early ({e})") from None
+    return np.concatenate(blocks)
 
 
 def check_finite(x: np.ndarray) -> None:
