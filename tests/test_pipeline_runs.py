@@ -170,6 +170,30 @@ def test_ray_job_submit_from_a_laptop(tiny_corpus, tmp_path):
 
 
 @pytest.mark.usefixtures("ray_local")
+@pytest.mark.usefixtures("ray_local")
+def test_rerun_after_a_file_changed_in_place_equals_a_fresh_run(tiny_corpus, tmp_path):
+    """A file rewritten under its name since its work row was made is redone (its size or
+    modification time differs); the old row, reused by path, used to stay in the dataset."""
+    d = tmp_path / "midi"
+    shutil.copytree(tiny_corpus / "midi", d)
+    out, fresh = tmp_path / "out", tmp_path / "fresh"
+    cfg = {"style_from_folder": True, "seed": 2}
+    build_dataset(DatasetConfig(midi=[str(d)], out=str(out), **cfg))
+    accepted = {r[0] for r in rows(out)}
+    changed = next(p for p in sorted(d.rglob("*.mid")) if piece_id(str(p)) in accepted)
+    changed.write_bytes(b"MThd, then nothing a MIDI reader can use")
+
+    again = build_dataset(DatasetConfig(midi=[str(d)], out=str(out), **cfg))
+    rep_fresh = build_dataset(DatasetConfig(midi=[str(d)], out=str(fresh), **cfg))
+    assert piece_id(str(changed)) not in {r[0] for r in rows(out)}
+    assert str(changed) in {r[0] for r in rejects(out)}
+    assert {k: v for k, v in again.items() if k != "elapsed_seconds"} == {
+        k: v for k, v in rep_fresh.items() if k != "elapsed_seconds"
+    }
+    assert rows(out) == rows(fresh)
+    assert rejects(out) == rejects(fresh)
+
+
 def test_rerun_with_a_file_listed_as_another_kind_equals_a_fresh_run(tiny_corpus, tmp_path):
     """MIDI files given under --audio only are rejects (unsupported_extension); the same
     folder re-run with --midi too accepts them, as a fresh run does. Their old rejects

@@ -316,27 +316,38 @@ def test_work_rows_of_another_transcriber_version_are_not_reused(tmp_path):
 
 def test_a_rerun_redoes_rows_of_another_kind_and_retryable_failures(tmp_path):
     """A row made when the file was listed as another kind, or a reject that says more
-    about the moment than the file (read_failed, model_failed), is dropped and redone;
-    other rejects and accepted rows are kept. Rows used to be reused by path alone."""
+    about the moment than the file (read_failed, model_failed), or of a file changed
+    since (another size or modification time), is dropped and redone; other rejects and
+    accepted rows are kept. Rows used to be reused by path alone."""
     out = str(tmp_path)
 
-    def row(pid: str, kind: str, status: str = "ok", reason: str = "") -> dict:
-        return {"piece_id": pid, "source_uri": pid, "kind": kind, "status": status,
-                "reason": reason, "tokens": b""}  # fmt: skip
+    def row(pid: str, kind: str, status: str = "ok", reason: str = "", stamp="1:1") -> dict:
+        return {"piece_id": pid, "source_uri": pid, "source_stamp": stamp, "kind": kind,
+                "status": status, "reason": reason, "tokens": b""}  # fmt: skip
 
     work.write_work(stages.batch_of([
         row("a", "unknown", "rejected", "unsupported_extension"),
         row("b", "audio", "rejected", "read_failed"),
         row("c", "audio", "rejected", "too_polyphonic"),
         row("d", "midi"),
+        row("f", "midi", stamp="5:9"),
+        row("g", "midi", stamp=None),  # written before stamps were recorded
     ]), out)  # fmt: skip
     work.write_work(stages.batch_of([row("b", "audio", "rejected", "model_failed")]), out)
-    now = {"a": "midi", "b": "audio", "c": "audio", "d": "midi", "e": "audio"}
+    now = {
+        "a": ("midi", "1:1"), "b": ("audio", "1:1"), "c": ("audio", "1:1"),
+        "d": ("midi", "1:1"), "e": ("audio", "1:1"), "f": ("midi", "5:10"),
+        "g": ("midi", "7:7"),
+    }  # fmt: skip
     stale = work.stale_pieces(out, now)
-    assert stale == {"a", "b"}
+    assert stale == {"a", "b", "f"}
     work.drop_rows(out, stale)
     assert len(work.work_files(out)) == 1  # the file of b's second row held nothing else
     left = work.read_work(out, columns=["piece_id"]).to_pylist()
-    assert sorted(r["piece_id"] for r in left) == ["c", "d"]
+    assert sorted(r["piece_id"] for r in left) == ["c", "d", "g"]
     assert work.stale_pieces(out, now) == set()
+    # A work file from before the column existed reads it as nulls: its rows are kept.
+    old = pa.table({"piece_id": ["h"], "kind": ["midi"], "status": ["ok"], "reason": [""]})
+    pq.write_table(old, tmp_path / work.WORK_DIR / "part-old.parquet")
+    assert work.stale_pieces(out, {**now, "h": ("midi", "3:3")}) == set()
     assert not [p for p in (tmp_path / work.WORK_DIR).iterdir() if ".tmp-" in p.name]

@@ -78,6 +78,7 @@ def _input_rows(inputs: list[Input]) -> list[dict[str, Any]]:
         {
             "piece_id": i.piece_id,
             "source_uri": i.source_uri,
+            "source_stamp": i.stamp,
             "kind": i.kind,
             "tier": i.tier,
             "style": i.style,
@@ -337,12 +338,15 @@ def build_dataset(cfg: DatasetConfig, address: str | None = None) -> dict[str, A
     fs, base = _filesystem(cfg.out)
     fs.create_dir(base, recursive=True)
     work.check_settings(cfg.out, work_settings(cfg, checks))
-    redo = work.stale_pieces(cfg.out, {i.piece_id: i.kind for i in inputs})
+    redo = work.stale_pieces(cfg.out, {i.piece_id: (i.kind, i.stamp) for i in inputs})
     work.drop_rows(cfg.out, redo)
     done = set(work.read_work(cfg.out, columns=["piece_id"]).column("piece_id").to_pylist())
     todo = [i for i in inputs if i.piece_id not in done]
     if redo:
-        log.info("%d inputs redone: listed as another kind, or a retryable failure", len(redo))
+        log.info(
+            "%d inputs redone: changed since, listed as another kind, or a retryable failure",
+            len(redo),
+        )
     log.info(
         "%d inputs, %d already done, %d to process", len(inputs), len(inputs) - len(todo), len(todo)
     )

@@ -29,6 +29,10 @@ class Input:
     tier: int
     style: str
     reference_uri: str = ""
+    # Size and modification time when listed: a file changed in place since its work row
+    # was made is redone on a re-run (the check make and rsync use; hashing every input
+    # would read a whole bucket on each re-run).
+    stamp: str = ""
 
     @property
     def piece_id(self) -> str:
@@ -70,17 +74,29 @@ def _join_uri(root: str, found: str) -> str:
 
 def list_files(root: str) -> list[str]:
     """Every file under a folder (recursively), or the file itself, as URIs/paths."""
+    return list(listing(root))
+
+
+def listing(root: str) -> dict[str, str]:
+    """{URI/path: stamp} of every file under a folder (recursively), or of the file itself,
+    in path order. The stamp is the file's size and modification time."""
     fs, path = _filesystem(root)
     info = fs.get_file_info(path)
     if info.type == pafs.FileType.NotFound:
         raise FileNotFoundError(f"input not found: {root}")
     if info.type == pafs.FileType.File:
-        return [_join_uri(root, path)]
+        return {_join_uri(root, path): _stamp(info)}
     entries = fs.get_file_info(pafs.FileSelector(path, recursive=True))
-    files = sorted(e.path for e in entries if e.type == pafs.FileType.File)
     # Hidden files (.DS_Store, editor swap files) are not inputs anyone meant to give.
-    files = [f for f in files if not PurePosixPath(f).name.startswith(".")]
-    return [_join_uri(root, f) for f in files]
+    files = sorted(
+        (e for e in entries if e.type == pafs.FileType.File and not e.base_name.startswith(".")),
+        key=lambda e: e.path,
+    )
+    return {_join_uri(root, e.path): _stamp(e) for e in files}
+
+
+def _stamp(info: pafs.FileInfo) -> str:
+    return f"{info.size}:{info.mtime_ns or 0}"
 
 
 class TooLargeError(Exception):
@@ -194,18 +210,21 @@ def list_inputs(
     # A file may be found under both flags (one folder of mixed files given as --audio
     # and --midi): its extension decides what it is, the flags only say where to look.
     found: dict[str, set[str]] = {}
+    stamps: dict[str, str] = {}
     for roots, flag in ((audio, "audio"), (midi, "midi")):
         for root in roots:
-            for f in list_files(root):
+            for f, stamp in listing(root).items():
                 found.setdefault(f, set()).add(flag)
+                stamps[f] = stamp
     out: list[Input] = []
     for f, flags in found.items():
         ext = _name(f).suffix.lower()
         st = _style_for(f, style, style_from_folder)
         if ext in AUDIO_EXTENSIONS and "audio" in flags:
-            out.append(Input(f, "audio", 2, st, reference_for(f, refs)))
+            out.append(Input(f, "audio", 2, st, reference_for(f, refs), stamps[f]))
         elif ext in MIDI_EXTENSIONS and "midi" in flags:
-            out.append(Input(f, "midi", tier_midi, st))
+            out.append(Input(f, "midi", tier_midi, st, stamp=stamps[f]))
         else:
-            out.append(Input(f, "unknown", 2 if "audio" in flags else tier_midi, st))
+            kind_tier = 2 if "audio" in flags else tier_midi
+            out.append(Input(f, "unknown", kind_tier, st, stamp=stamps[f]))
     return out

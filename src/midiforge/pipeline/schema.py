@@ -44,6 +44,7 @@ WORK = pa.schema(
     [
         ("piece_id", pa.string()),
         ("source_uri", pa.string()),
+        ("source_stamp", pa.string()),  # size:mtime_ns when listed (Input.stamp)
         ("kind", pa.string()),
         ("tier", pa.int8()),
         ("style", pa.string()),

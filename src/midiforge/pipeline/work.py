@@ -2,8 +2,9 @@
 
 Each processed batch is written as one Parquet file, through a temporary name and a
 move, so a killed run leaves only whole files. A re-run skips every input whose
-piece_id is already in a work file; the final phase (split, augment, write) reads the
-work files and is deterministic, so a resumed run equals an uninterrupted one.
+piece_id is already in a work file (unless stale_pieces says it must be redone); the
+final phase (split, augment, write) reads the work files and is deterministic, so a
+resumed run equals an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -91,7 +92,7 @@ def read_work(out: str, columns: list[str] | None = None, *, with_file: bool = F
     names = columns or schema.WORK.names
     read = list(dict.fromkeys(["piece_id", *names]))
     paths = {file_name(p): p for p in work_files(out)}
-    tables = {name: pq.read_table(p, filesystem=fs, columns=read) for name, p in paths.items()}
+    tables = {name: _read_columns(fs, p, read) for name, p in paths.items()}
     if not tables:
         empty = schema.WORK.empty_table().select(names)
         return empty.append_column("work_file", pa.array([], pa.string())) if with_file else empty
@@ -106,25 +107,43 @@ def read_work(out: str, columns: list[str] | None = None, *, with_file: bool = F
     return pa.concat_tables(kept).select([*names, "work_file"] if with_file else names)
 
 
+def _read_columns(fs: pafs.FileSystem, path: str, names: list[str]) -> pa.Table:
+    """`names` of a work file; a column its midiforge version did not write yet (such as
+    source_stamp) reads as nulls."""
+    with fs.open_input_file(path) as f:
+        pf = pq.ParquetFile(f)
+        have = set(pf.schema_arrow.names)
+        table = pf.read(columns=[n for n in names if n in have])
+    for n in names:
+        if n not in have:
+            field = schema.WORK.field(n)
+            table = table.append_column(field, pa.nulls(len(table), field.type))
+    return table.select(names)
+
+
 # Rejects that say more about the moment than the file (a storage hiccup, a device out of
 # memory): a re-run tries these inputs again instead of keeping the reject.
 RETRY_REASONS = frozenset({"read_failed", "model_failed", "separation_failed"})
 
 
-def stale_pieces(out: str, kinds: dict[str, str]) -> set[str]:
-    """Pieces of `kinds` ({piece_id: kind as listed now}) whose work row a re-run must
-    redo: a row made for another kind (a .mid file rejected as unsupported when only
-    --audio listed it, now given under --midi), or a reject of RETRY_REASONS."""
-    rows = read_work(out, columns=["piece_id", "kind", "status", "reason"]).to_pylist()
-    return {
-        r["piece_id"]
-        for r in rows
-        if r["piece_id"] in kinds
-        and (
-            r["kind"] != kinds[r["piece_id"]]
-            or (r["status"] != "ok" and r["reason"] in RETRY_REASONS)
-        )
-    }
+def stale_pieces(out: str, listed: dict[str, tuple[str, str]]) -> set[str]:
+    """Pieces of `listed` ({piece_id: (kind, stamp) as listed now}) whose work row a re-run
+    must redo: the file changed since (its size or modification time, Input.stamp), a row
+    made for another kind (a .mid file rejected as unsupported when only --audio listed
+    it, now given under --midi), or a reject of RETRY_REASONS."""
+    columns = ["piece_id", "kind", "source_stamp", "status", "reason"]
+    rows = read_work(out, columns=columns).to_pylist()
+    stale = set()
+    for r in rows:
+        if r["piece_id"] not in listed:
+            continue
+        kind, stamp = listed[r["piece_id"]]
+        # No stamp: a row from before stamps were recorded, kept as it was.
+        changed = bool(r["source_stamp"] and stamp and r["source_stamp"] != stamp)
+        retry = r["status"] != "ok" and r["reason"] in RETRY_REASONS
+        if changed or r["kind"] != kind or retry:
+            stale.add(r["piece_id"])
+    return stale
 
 
 def drop_rows(out: str, pieces: set[str]) -> None:
