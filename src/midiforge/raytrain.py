@@ -313,8 +313,12 @@ def _concat(parts: list[dict[str, Any]]) -> dict[str, Any]:
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
-def epoch_batches(state: dict[str, Any], batches: Iterable[Any]) -> Iterator[Any]:
-    """The batches of the current epoch the run has not taken yet.
+def epoch_batches(
+    state: dict[str, Any], batches: Iterable[dict[str, Any]], batch_size: int
+) -> Iterator[dict[str, Any]]:
+    """The batches of the current epoch the run has not taken yet, each of exactly
+    `batch_size` rows (exact_batches: counting batches only means something when they
+    are whole).
 
     Each batch is counted as taken (`state["epoch_batches"]`) as it is handed out, and the
     epoch as done (`state["epoch"]`) with its last one, so that a report in the loop's body
@@ -322,7 +326,8 @@ def epoch_batches(state: dict[str, Any], batches: Iterable[Any]) -> Iterator[Any
     A run resumed mid-epoch skips as many batches as it took before its checkpoint: the
     epoch keeps its length. (Ray Data need not repeat its order on a resume, so the windows
     skipped are not always the ones taken.)"""
-    it = itertools.islice(iter(batches), state.get("epoch_batches", 0), None)
+    whole = exact_batches(batches, batch_size)
+    it = itertools.islice(whole, state.get("epoch_batches", 0), None)
     batch = next(it, _END)
     if batch is _END:  # nothing left of this epoch
         state["epoch"], state["epoch_batches"] = state["epoch"] + 1, 0

@@ -108,8 +108,7 @@ def train_loop(cfg: dict[str, Any]) -> None:
             local_shuffle_buffer_size=max(64, 8 * sched["batch_size"]),
             local_shuffle_seed=cfg["seed"] + 1000 * state["epoch"] + rank,
         )
-        exact = raytrain.exact_batches(batches, sched["batch_size"])
-        for batch in raytrain.epoch_batches(state, exact):
+        for batch in raytrain.epoch_batches(state, batches, sched["batch_size"]):
             ids = batch["data"]
             labels = labels_for(ids, pad)
             loss = net(input_ids=ids, labels=labels).loss

@@ -221,7 +221,7 @@ def list_inputs(
         ext = _name(f).suffix.lower()
         st = _style_for(f, style, style_from_folder)
         if ext in AUDIO_EXTENSIONS and "audio" in flags:
-            out.append(Input(f, "audio", 2, st, reference_for(f, refs), stamps[f]))
+            out.append(Input(f, "audio", 2, st, reference_for(f, refs), stamp=stamps[f]))
         elif ext in MIDI_EXTENSIONS and "midi" in flags:
             out.append(Input(f, "midi", tier_midi, st, stamp=stamps[f]))
         else:

@@ -161,8 +161,7 @@ def train_loop(cfg: dict[str, Any]) -> None:  # noqa: PLR0915 - one loop, top to
             local_shuffle_buffer_size=max(64, 8 * sched["batch_size"]),
             local_shuffle_seed=cfg["seed"] + 1000 * state["epoch"] + rank,
         )
-        exact = raytrain.exact_batches(batches, sched["batch_size"])
-        for batch in raytrain.epoch_batches(state, exact):
+        for batch in raytrain.epoch_batches(state, batches, sched["batch_size"]):
             audio, frames = augment(*decode_batch(batch), aug, rng)
             terms = loss_terms(
                 net(torch.from_numpy(audio), logits=True),
