@@ -78,6 +78,38 @@ def test_openvino_reuses_its_compiled_model_with_the_same_outputs(tmp_path, monk
             np.testing.assert_array_equal(other[k], fresh[k])
 
 
+@ON_X86
+def test_openvino_takes_one_window_per_call_with_the_same_outputs():
+    rng = np.random.default_rng(1)
+    win = rng.standard_normal((5, bp.AUDIO_N_SAMPLES, 1)).astype(np.float32)
+    ov = OnnxTranscriber(registry.stock_model_path(), device="openvino", batch_windows=16)
+    cpu = OnnxTranscriber(registry.stock_model_path(), device="cpu", batch_windows=16)
+    assert (ov.fixed_batch, ov.batch_windows) == (1, 1)  # the open batch fixed at 1
+    assert (cpu.fixed_batch, cpu.batch_windows) == (None, 16)
+    got, ref = ov.run_windows(win), cpu.run_windows(win)
+    for k in ref:
+        assert got[k].shape == ref[k].shape == (5, bp.FRAMES_PER_WINDOW, got[k].shape[2])
+        np.testing.assert_allclose(got[k], ref[k], atol=1e-5)
+
+
+def test_a_model_of_fixed_batch_gets_its_last_windows_padded(tmp_path):
+    import onnx
+
+    model = onnx.load(registry.stock_model_path())
+    for value in (*model.graph.input, *model.graph.output):
+        value.type.tensor_type.shape.dim[0].dim_value = 4  # as an exporter may fix it
+    onnx.save(model, tmp_path / "batch4.onnx")
+    rng = np.random.default_rng(2)
+    win = rng.standard_normal((6, bp.AUDIO_N_SAMPLES, 1)).astype(np.float32)
+    fixed = OnnxTranscriber(tmp_path / "batch4.onnx", device="cpu", batch_windows=16)
+    open_ = OnnxTranscriber(registry.stock_model_path(), device="cpu", batch_windows=16)
+    assert (fixed.fixed_batch, fixed.batch_windows) == (4, 4)
+    got, ref = fixed.run_windows(win), open_.run_windows(win)  # 4 + 2 padded to 4
+    for k in ref:
+        assert got[k].shape == ref[k].shape
+        np.testing.assert_allclose(got[k], ref[k], atol=1e-5)
+
+
 def test_not_a_basic_pitch_model_is_refused(tmp_path):
     import onnx
     from onnx import TensorProto, helper

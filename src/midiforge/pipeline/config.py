@@ -100,7 +100,7 @@ class DatasetConfig:
     # Model stages: auto | cpu | cuda | openvino (transcription.sessions). Demucs (torch)
     # runs on CUDA for auto/cuda when the actor has a GPU, else on the CPU.
     device: str = "auto"
-    batch_windows: int = 16  # basic-pitch windows per onnxruntime call
+    batch_windows: int = 16  # basic-pitch windows per onnxruntime call (OpenVINO: 1)
     segment_s: float | None = None  # Demucs segment length; None = the model's own
     limits: AudioLimits = field(default_factory=AudioLimits)
     # Inputs are read whole into a worker's memory: a larger file is rejected (too_large)

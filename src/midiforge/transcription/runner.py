@@ -60,7 +60,10 @@ class OnnxTranscriber:
                 f"{model_path} is not a basic-pitch-shaped model: expected input {bp.INPUT_NAME} "
                 f"and outputs {sorted(bp.OUTPUT_NAMES.values())}"
             )
-        self.batch_windows = max(1, batch_windows)
+        # A session of fixed batch (OpenVINO's, see sessions) takes exactly that many.
+        fixed = self.session.get_inputs()[0].shape[0]
+        self.fixed_batch = fixed if isinstance(fixed, int) and fixed > 0 else None
+        self.batch_windows = self.fixed_batch or max(1, batch_windows)
         # The thresholds calibrated for this model (decoding.yaml beside it; {} for stock).
         self.decoding = model_decoding(model_path)
         self._keys = list(bp.OUTPUT_NAMES)
@@ -69,10 +72,15 @@ class OnnxTranscriber:
     def run_windows(self, win: np.ndarray) -> dict[str, np.ndarray]:
         """(n, AUDIO_N_SAMPLES, 1) -> {'note','onset','contour'}: (n, 172, F) each."""
         parts: dict[str, list[np.ndarray]] = {k: [] for k in self._keys}
-        for i in range(0, win.shape[0], self.batch_windows):
-            res = self.session.run(self._outputs, {bp.INPUT_NAME: win[i : i + self.batch_windows]})
+        step = self.batch_windows
+        for i in range(0, win.shape[0], step):
+            chunk = win[i : i + step]
+            n = chunk.shape[0]
+            if self.fixed_batch and n < step:  # the last windows, padded to the batch
+                chunk = np.concatenate([chunk, np.zeros((step - n, *chunk.shape[1:]), chunk.dtype)])
+            res = self.session.run(self._outputs, {bp.INPUT_NAME: chunk})
             for k, r in zip(self._keys, res, strict=True):
-                parts[k].append(r)
+                parts[k].append(r[:n])
         return {k: np.concatenate(v) for k, v in parts.items()}
 
     def __call__(self, clips: list[np.ndarray]) -> list[dict[str, np.ndarray]]:

@@ -15,6 +15,11 @@ start on the basic-pitch model, paid by every Ray Data actor and Serve replica).
 the compiled blob in `openvino_cache_dir()`, keyed by the model's content and the device
 settings, so later sessions on the same machine load it instead (~0.1 s); its outputs are
 bit-identical to a fresh compile.
+
+OpenVINO sessions take one window per call: a batch dimension left open makes OpenVINO
+compile shape-generic kernels, and fixing it to 1 ran basic-pitch 8-11% faster on one
+thread (31.7 vs 34.4-35.6 ms per window, 12 alternating rounds). Their outputs move by
+under 3e-7.
 """
 
 from __future__ import annotations
@@ -108,6 +113,19 @@ def _openvino_options(threads: int) -> dict[str, str]:
     return {"load_config": json.dumps({"CPU": cpu})}
 
 
+def _open_batch_dim(model_path: str | Path) -> str | None:
+    """The name of the model's batch dimension when the file leaves it open (each
+    exporter names it its own way), else None. Read through an unoptimized CPU session,
+    which loads in milliseconds."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    probe = ort.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"])
+    batch = probe.get_inputs()[0].shape[0]
+    return batch if isinstance(batch, str) and batch else None
+
+
 def providers_for(device: str) -> list[str]:
     """onnxruntime's built-in providers for device 'auto' | 'cpu' | 'cuda' (no plugins)."""
     import onnxruntime as ort
@@ -164,6 +182,9 @@ def _create_session(model_path: str | Path, device: str, threads: int):
             raise
         log.info("%s; using onnxruntime's CPU provider", e)
         return builtin(["CPUExecutionProvider"])
+    batch = _open_batch_dim(model_path)
+    if batch:
+        opts.add_free_dimension_override_by_name(batch, 1)
     # Nodes OpenVINO cannot take run on onnxruntime's CPU provider, added after it.
     opts.add_provider_for_devices([ov], _openvino_options(threads))
     return ort.InferenceSession(str(model_path), sess_options=opts), ov.ep_name
