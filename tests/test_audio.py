@@ -81,6 +81,18 @@ def test_matches_librosa_load(tmp_path):
     ours = audio.load_for_transcription(path.read_bytes(), audio.AudioLimits())
     theirs, _ = librosa.load(str(path), sr=SR, mono=True)
     np.testing.assert_array_equal(ours, theirs)
+    # libsndfile's MP3 samples depend on how the file is read: librosa reads it whole.
+    rng = np.random.default_rng(0)
+    path = tmp_path / "x.mp3"
+    path.write_bytes(
+        wav(0.3 * rng.standard_normal((2, 3 * SR)), subtype="MPEG_LAYER_III", fmt="MP3")
+    )
+    theirs, _ = librosa.load(str(path), sr=None, mono=False)
+    for mono in (False, True):
+        ours, _ = audio.decode(path.read_bytes(), mono=mono)
+        np.testing.assert_array_equal(
+            ours, np.mean(theirs, axis=0, keepdims=True) if mono else theirs
+        )
 
 
 def _flac_declaring(total_samples: int, seconds=2.0, sr=8_000) -> bytes:
@@ -113,6 +125,43 @@ def test_a_flac_of_open_length_decodes_in_full():
     # The limit still holds: decoding stops once it is passed.
     with pytest.raises(audio.AudioError, match=r"too_long: decoding passed 3\.0 s > maximum 2 s"):
         audio.decode(piped, max_seconds=2.0)
+
+
+@pytest.mark.parametrize(("fmt", "channels"), [("WAV", 2), ("FLAC", 6), ("MP3", 2), ("OGG", 2)])
+def test_mono_decoding_averages_each_block_to_the_same_floats(fmt, channels):
+    rng = np.random.default_rng(channels)
+    x = (0.3 * rng.standard_normal((channels, int(3.3 * SR)))).astype(np.float32)
+    subtype = {"WAV": "FLOAT", "FLAC": "PCM_24", "MP3": "MPEG_LAYER_III", "OGG": "VORBIS"}[fmt]
+    data = wav(x, subtype=subtype, fmt=fmt)  # 3.3 s: two decoding blocks and a part
+    whole, sr = audio.decode(data)
+    got, got_sr = audio.decode(data, mono=True)
+    assert got_sr == sr and got.shape == (1, whole.shape[1]) and got.flags.c_contiguous
+    assert np.array_equal(got[0], np.mean(whole, axis=0))  # librosa.to_mono's mean
+    assert np.array_equal(audio.to_mono(got, sr), audio.to_mono(whole, sr))
+    # A mono file and a FLAC of open length take the same path to the same samples.
+    assert np.array_equal(audio.decode(wav(x[0]), mono=True)[0], audio.decode(wav(x[0]))[0])
+    if fmt == "FLAC":
+        piped = _declare(data, 0)
+        assert np.array_equal(audio.decode(piped, 600, mono=True)[0], got)
+
+
+def test_mono_decoding_never_holds_the_channels_whole():
+    import tracemalloc
+
+    x = (0.1 * np.random.default_rng(0).standard_normal((4, 30 * 48_000))).astype(np.float32)
+    data = wav(x, sr=48_000, subtype="FLOAT")  # 23 MB of samples, 5.8 MB once mono
+
+    def peak(**kw) -> int:
+        tracemalloc.start()
+        try:
+            audio.decode(data, **kw)
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    assert peak() >= 2 * x.nbytes  # read as (frames, channels), then transposed
+    # The mono samples, and a block of the file's channels twice (read, then transposed).
+    assert peak(mono=True) < x[0].nbytes + 3 * audio._BLOCK_FRAMES * x.shape[0] * 4
 
 
 def test_declared_length_is_refused_before_decoding():

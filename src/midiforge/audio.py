@@ -64,7 +64,9 @@ def _wav_declared_bytes(data: bytes) -> tuple[int, int] | None:
     return None
 
 
-def decode(data: bytes, max_seconds: float | None = None) -> tuple[np.ndarray, int]:
+def decode(
+    data: bytes, max_seconds: float | None = None, mono: bool = False
+) -> tuple[np.ndarray, int]:
     """Bytes of a wav/flac/mp3/ogg file -> (float32 array (channels, frames), sample rate).
 
     max_seconds: refuse ("too_long") a file whose header declares more, before decoding
@@ -72,6 +74,10 @@ def decode(data: bytes, max_seconds: float | None = None) -> tuple[np.ndarray, i
     decoded. A header that leaves the length open is decoded in blocks, refused as soon
     as it passes max_seconds. Callers check the decoded length too (an MP3's declared
     length is estimated).
+
+    mono: (1, frames), each block's channels averaged as it is decoded (`to_mono`'s mean,
+    the same floats), so the file's channels never sit in memory whole: 600 s of 192 kHz
+    stereo peaks at one mono copy (0.46 GB) instead of two stereo ones (1.8 GB).
     """
     if not data:
         raise AudioError("empty", "the file has 0 bytes")
@@ -88,7 +94,7 @@ def decode(data: bytes, max_seconds: float | None = None) -> tuple[np.ndarray, i
             "truncated", f"WAV data chunk declares {declared[0]} bytes, file holds {declared[1]}"
         )
     if info.frames == _OPEN_LENGTH:
-        x = _read_open_length(data, max_seconds)
+        x = _read_blocks(data, max_seconds, mono, open_length=True)
     else:
         if max_seconds is not None and info.samplerate > 0:
             seconds = info.frames / info.samplerate
@@ -96,10 +102,19 @@ def decode(data: bytes, max_seconds: float | None = None) -> tuple[np.ndarray, i
             _check_samples(
                 info.frames, info.channels, info.samplerate, max_seconds, "the header declares "
             )
-        try:
-            x, _ = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
-        except (sf.LibsndfileError, RuntimeError) as e:
-            raise AudioError("truncated", f"decoding stopped early ({e})") from None
+        # libsndfile's MP3 samples depend on how they are read (by up to 2.4e-7): one read
+        # of the whole file, no seek, as librosa.load reads it. (MP3 tops out at 48 kHz,
+        # so its channels are never the gigabytes that blocks avoid.)
+        if mono and info.channels > 1 and info.format != "MP3":
+            x = _read_blocks(data, max_seconds, mono, open_length=False, hint=info.frames)
+        else:
+            try:
+                with sf.SoundFile(io.BytesIO(data)) as f:
+                    x = f.read(dtype="float32", always_2d=True)
+            except (sf.LibsndfileError, RuntimeError) as e:
+                raise AudioError("truncated", f"decoding stopped early ({e})") from None
+            if mono and x.shape[1] > 1:
+                x = _mono(x)
     if x.shape[0] == 0:
         raise AudioError("empty", f"{info.format} file with no samples")
     return np.ascontiguousarray(x.T), int(info.samplerate)
@@ -126,26 +141,43 @@ class _Stream(sf.SoundFile):
         return False
 
 
-def _read_open_length(data: bytes, max_seconds: float | None) -> np.ndarray:
-    """(frames, channels) of a file whose header leaves the length open, decoded block by
-    block so that max_seconds bounds the memory before the end is known."""
-    blocks = []
+def _mono(x: np.ndarray) -> np.ndarray:
+    """(frames, channels) -> (frames, 1): librosa.to_mono's mean over a (channels, frames)
+    array, the same floats whether it is given a whole file or a block of one."""
+    return np.mean(np.ascontiguousarray(x.T), axis=0)[:, None]
+
+
+def _read_blocks(
+    data: bytes, max_seconds: float | None, mono: bool, open_length: bool, hint: int = 0
+) -> np.ndarray:
+    """(frames, channels) decoded block by block, or (frames, 1) with `mono`. A header
+    that leaves the length open is read front to back (`_Stream`) and refused as soon as
+    decoding passes max_seconds, which bounds the memory before the end is known."""
+    out = np.empty((0, 0), np.float32)
     frames = 0
     try:
-        with _Stream(io.BytesIO(data)) as f:
+        with (_Stream if open_length else sf.SoundFile)(io.BytesIO(data)) as f:
             rate, channels = f.samplerate, f.channels
+            out = np.empty((max(hint, _BLOCK_FRAMES), 1 if mono else channels), np.float32)
             while True:
                 block = f.read(_BLOCK_FRAMES, dtype="float32", always_2d=True)
-                blocks.append(block)
+                if mono and channels > 1:
+                    block = _mono(block)
+                if frames + len(block) > len(out):  # an open length, or an MP3's estimate
+                    size = max(2 * len(out), frames + len(block))
+                    grown = np.empty((size, out.shape[1]), np.float32)
+                    grown[:frames] = out[:frames]
+                    out = grown
+                out[frames : frames + len(block)] = block
                 frames += len(block)
-                if max_seconds is not None and rate > 0:
+                if open_length and max_seconds is not None and rate > 0:
                     _check_max_seconds(frames / rate, max_seconds, "decoding passed ")
                     _check_samples(frames, channels, rate, max_seconds, "decoding passed ")
                 if len(block) < _BLOCK_FRAMES:
                     break
     except (sf.LibsndfileError, RuntimeError) as e:
         raise AudioError("truncated", f"decoding stopped early ({e})") from None
-    return np.concatenate(blocks)
+    return out[:frames]
 
 
 def check_finite(x: np.ndarray) -> None:

@@ -263,7 +263,7 @@ async def _read_audio(
     data = await audio.read(settings.max_upload_bytes + 1)
     # Decoding and resampling a long file take seconds: off the event loop, so /healthz
     # and every other request keep being answered meanwhile. A few at a time: a 0.4 MB
-    # FLAC may hold max_audio_seconds of 192 kHz stereo, ~1.8 GB while it is decoded.
+    # FLAC may hold max_audio_seconds of 192 kHz stereo, ~0.75 GB while it is decoded.
     async with decodes:
         return await run_in_threadpool(read_upload, data, settings)
 

@@ -47,7 +47,7 @@ def read_upload(data: bytes, settings: ServeSettings) -> tuple[np.ndarray, float
     """Upload bytes -> (float32 mono at 22,050 Hz, duration in seconds)."""
     check_upload_size(len(data), settings)
     try:
-        x, sr = audiomod.decode(data, settings.max_audio_seconds)
+        x, sr = audiomod.decode(data, settings.max_audio_seconds, mono=True)
         audiomod.check_finite(x)
         seconds = x.shape[-1] / sr
         # Again on the decoded length: an MP3's header only estimates it.

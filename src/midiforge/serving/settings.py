@@ -27,8 +27,9 @@ class ServeSettings:
     batch_max_size: int = 4
     batch_wait_timeout_s: float = 0.02
     threads: int = 1  # onnxruntime threads per replica (replicas scale out instead)
-    # Uploads one Gateway replica decodes at once; the rest wait their turn. Each may take
-    # max_audio_seconds of 192 kHz stereo in memory while it is decoded (~1.8 GB at 600 s).
+    # Uploads one Gateway replica decodes at once; the rest wait their turn. Each may hold
+    # ~0.75 GB while it is decoded and resampled (600 s of 192 kHz stereo: its samples
+    # averaged to mono block by block, then the resampler's buffers).
     max_concurrent_decodes: int = 2
 
     def validate_config(self) -> None:
