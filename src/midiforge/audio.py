@@ -153,7 +153,6 @@ def _read_blocks(
     """(frames, channels) decoded block by block, or (frames, 1) with `mono`. A header
     that leaves the length open is read front to back (`_Stream`) and refused as soon as
     decoding passes max_seconds, which bounds the memory before the end is known."""
-    out = np.empty((0, 0), np.float32)
     frames = 0
     try:
         with (_Stream if open_length else sf.SoundFile)(io.BytesIO(data)) as f:
