@@ -93,28 +93,22 @@ def decode(
         raise AudioError(
             "truncated", f"WAV data chunk declares {declared[0]} bytes, file holds {declared[1]}"
         )
-    if info.frames == _OPEN_LENGTH:
-        x = _read_blocks(data, max_seconds, mono, open_length=True)
+    open_length = info.frames == _OPEN_LENGTH
+    if not open_length and max_seconds is not None and info.samplerate > 0:
+        what = "the header declares "
+        _check_max_seconds(info.frames / info.samplerate, max_seconds, what)
+        _check_samples(info.frames, info.channels, info.samplerate, max_seconds, what)
+    # libsndfile's MP3 samples depend on how they are read (by up to 2.4e-7): one read of
+    # the whole file, no seek, as librosa.load reads it. (MP3 tops out at 48 kHz, so its
+    # channels are never the gigabytes that blocks avoid.)
+    if open_length or (mono and info.channels > 1 and info.format != "MP3"):
+        x = _read_blocks(
+            data, max_seconds, mono, open_length, hint=0 if open_length else info.frames
+        )
     else:
-        if max_seconds is not None and info.samplerate > 0:
-            seconds = info.frames / info.samplerate
-            _check_max_seconds(seconds, max_seconds, "the header declares ")
-            _check_samples(
-                info.frames, info.channels, info.samplerate, max_seconds, "the header declares "
-            )
-        # libsndfile's MP3 samples depend on how they are read (by up to 2.4e-7): one read
-        # of the whole file, no seek, as librosa.load reads it. (MP3 tops out at 48 kHz,
-        # so its channels are never the gigabytes that blocks avoid.)
-        if mono and info.channels > 1 and info.format != "MP3":
-            x = _read_blocks(data, max_seconds, mono, open_length=False, hint=info.frames)
-        else:
-            try:
-                with sf.SoundFile(io.BytesIO(data)) as f:
-                    x = f.read(dtype="float32", always_2d=True)
-            except (sf.LibsndfileError, RuntimeError) as e:
-                raise AudioError("truncated", f"decoding stopped early ({e})") from None
-            if mono and x.shape[1] > 1:
-                x = _mono(x)
+        x = _read_whole(data)
+        if mono and x.shape[1] > 1:
+            x = _mono(x)
     if x.shape[0] == 0:
         raise AudioError("empty", f"{info.format} file with no samples")
     return np.ascontiguousarray(x.T), int(info.samplerate)
@@ -139,6 +133,15 @@ class _Stream(sf.SoundFile):
 
     def seekable(self) -> bool:
         return False
+
+
+def _read_whole(data: bytes) -> np.ndarray:
+    """(frames, channels) in one read."""
+    try:
+        with sf.SoundFile(io.BytesIO(data)) as f:
+            return f.read(dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError) as e:
+        raise AudioError("truncated", f"decoding stopped early ({e})") from None
 
 
 def _mono(x: np.ndarray) -> np.ndarray:
