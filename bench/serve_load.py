@@ -125,26 +125,11 @@ def wait_healthy(url: str, seconds: float = 180) -> None:
     raise RuntimeError(f"{url} did not come up")
 
 
-def start_serve(port: int, overrides: dict | None = None) -> None:
-    from ray import serve
+def start_serve(port: int, deployment_options: dict | None = None) -> None:
+    """serve/config.yaml as `midiforge serve` runs it (its Ray settings included)."""
+    from midiforge.serving.local import start
 
-    from midiforge.pipeline.build import connect
-    from midiforge.serving.app import build_app
-    from midiforge.serving.local import read_app_config
-
-    args, options = read_app_config(ROOT / "serve" / "config.yaml")
-    for name, extra in (overrides or {}).items():
-        options.setdefault(name, {}).update(extra)
-    connect(None)
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    app = build_app(
-        args,
-        gateway_options=options.get("Gateway"),
-        transcriber_options=options.get("Transcriber"),
-        generator_options=options.get("Generation"),
-        classifier_options=options.get("Classification"),
-    )
-    serve.run(app, name="midiforge", route_prefix="/", blocking=False)
+    start(ROOT / "serve" / "config.yaml", port, deployment_options=deployment_options)
     wait_healthy(f"http://127.0.0.1:{port}/healthz")
 
 

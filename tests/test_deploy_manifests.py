@@ -216,6 +216,18 @@ def test_rayservice_serves_serve_config_yaml():
         assert token["valueFrom"]["secretKeyRef"] == {"name": "midiforge-api", "key": "token"}
 
 
+def test_serving_pods_get_the_ray_settings_midiforge_serve_uses_and_dataset_pods_do_not():
+    from midiforge.serving.local import SERVE_RAY_ENV
+
+    for name in MANIFESTS:
+        for group, _, c in containers(cluster_specs()[name]):
+            env = {e["name"]: e.get("value") for e in c.get("env", [])}
+            if name == "rayservice.yaml":
+                assert {k: env.get(k) for k in SERVE_RAY_ENV} == SERVE_RAY_ENV, group
+            else:  # Ray Data tasks would return blocks of this size inline to the driver
+                assert not set(SERVE_RAY_ENV) & set(env), (name, group)
+
+
 def test_readme_documents_the_secrets_the_manifests_use():
     readme = (ROOT / "k8s" / "README.md").read_text()
     for secret in ("midiforge-object-store", "midiforge-api"):
