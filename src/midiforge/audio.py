@@ -102,9 +102,7 @@ def decode(
     # the whole file, no seek, as librosa.load reads it. (MP3 tops out at 48 kHz, so its
     # channels are never the gigabytes that blocks avoid.)
     if open_length or (mono and info.channels > 1 and info.format != "MP3"):
-        x = _read_blocks(
-            data, max_seconds, mono, open_length, hint=0 if open_length else info.frames
-        )
+        x = _read_blocks(data, max_seconds, mono, open_length)
     else:
         x = _read_whole(data)
         if mono and x.shape[1] > 1:
@@ -151,7 +149,7 @@ def _mono(x: np.ndarray) -> np.ndarray:
 
 
 def _read_blocks(
-    data: bytes, max_seconds: float | None, mono: bool, open_length: bool, hint: int = 0
+    data: bytes, max_seconds: float | None, mono: bool, open_length: bool
 ) -> np.ndarray:
     """(frames, channels) decoded block by block, or (frames, 1) with `mono`. A header
     that leaves the length open is read front to back (`_Stream`) and refused as soon as
@@ -160,7 +158,8 @@ def _read_blocks(
     try:
         with (_Stream if open_length else sf.SoundFile)(io.BytesIO(data)) as f:
             rate, channels = f.samplerate, f.channels
-            out = np.empty((max(hint, _BLOCK_FRAMES), 1 if mono else channels), np.float32)
+            size = _BLOCK_FRAMES if open_length else max(f.frames, _BLOCK_FRAMES)
+            out = np.empty((size, 1 if mono else channels), np.float32)
             while True:
                 block = f.read(_BLOCK_FRAMES, dtype="float32", always_2d=True)
                 if mono and channels > 1:
