@@ -25,6 +25,9 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+# Requests before each measurement, at its concurrency: every Transcriber replica loads
+# its model (a replica takes at most 4 at once), and the baseline gets the same.
+WARM_UP = 12
 
 
 def free_port() -> int:
@@ -166,7 +169,7 @@ def baseline_round(data: list[bytes], args: argparse.Namespace) -> dict:
     try:
         wait_healthy(f"http://127.0.0.1:{port}/healthz")
         url = f"http://127.0.0.1:{port}/v1/transcribe"
-        asyncio.run(load(url, data, 4, 2))  # warm-up
+        asyncio.run(load(url, data, WARM_UP, args.concurrency))
         return asyncio.run(load(url, data, args.requests, args.concurrency))
     finally:
         proc.terminate()
@@ -183,7 +186,7 @@ def serve_round(data: list[bytes], args: argparse.Namespace) -> dict:
     try:
         start_serve(port)
         url = f"http://127.0.0.1:{port}/v1/transcribe"
-        asyncio.run(load(url, data, 4, 2))  # warm-up: replica start, model load
+        asyncio.run(load(url, data, WARM_UP, args.concurrency))
         return asyncio.run(load(url, data, args.requests, args.concurrency))
     finally:
         serve.shutdown()

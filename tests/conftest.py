@@ -21,6 +21,7 @@ def _isolated_home(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("MIDIFORGE_MODELS", str(home / "models"))
     monkeypatch.setenv("MIDIFORGE_CACHE", str(home / "cache"))
     monkeypatch.setenv("MIDIFORGE_OPENVINO_CACHE", str(home / "openvino"))
+    monkeypatch.setenv("MIDIFORGE_CPU_GRAPH_CACHE", str(home / "cpu_graph"))
 
 
 def config_from_command(monkeypatch, target: str, command, argv, *, overrides=()):

@@ -74,7 +74,9 @@ def registry_loader(settings: ServeSettings) -> Callable[[str], Any]:
         from midiforge.transcription.runner import OnnxTranscriber
 
         model = Registry(settings.models_root).model_file(name)
-        return OnnxTranscriber(model, intra_op_threads=settings.threads)
+        return OnnxTranscriber(
+            model, batch_windows=settings.batch_windows, intra_op_threads=settings.threads
+        )
 
     return load
 

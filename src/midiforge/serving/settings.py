@@ -27,6 +27,10 @@ class ServeSettings:
     batch_max_size: int = 4
     batch_wait_timeout_s: float = 0.02
     threads: int = 1  # onnxruntime threads per replica (replicas scale out instead)
+    # basic-pitch windows per onnxruntime call. One on a single CPU thread: in calls of 16
+    # a window took 15% longer (24 vs 28 ms, bench/cpu_graph.py's windows), its layers'
+    # outputs no longer fitting in cache. More for GPU replicas.
+    batch_windows: int = 1
     # Uploads one Gateway replica decodes at once; the rest wait their turn. Each may hold
     # ~0.75 GB while it is decoded and resampled (600 s of 192 kHz stereo: its samples
     # averaged to mono block by block, then the resampler's buffers).
@@ -41,6 +45,7 @@ class ServeSettings:
             "request_timeout_s": self.request_timeout_s,
             "batch_max_size": self.batch_max_size,
             "threads": self.threads,
+            "batch_windows": self.batch_windows,
             "max_concurrent_decodes": self.max_concurrent_decodes,
         }
         for name, value in positive.items():
