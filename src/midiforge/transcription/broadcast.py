@@ -47,12 +47,13 @@ def shaped(value: np.ndarray, operand: tuple[int, ...]) -> np.ndarray:
 
 
 def rewrite(model, shapes: dict[str, tuple[int, ...]]) -> int:
-    """Reshapes `model`'s elementwise constants in place, given the shapes of
+    """Reshapes `model`'s elementwise constants in place (as new constants: the old ones
+    stay for `cpu_graph.rewrite` to drop), given the shapes of
     `operands(model)` for a batch of 1; returns how many ops now read a new constant."""
     from onnx import numpy_helper
 
     inits = {i.name: i for i in model.graph.initializer}
-    changed, replaced = 0, set()
+    changed = 0
     for node, name, other in list(_pairs(model)):
         if other not in shapes:
             continue
@@ -64,9 +65,4 @@ def rewrite(model, shapes: dict[str, tuple[int, ...]]) -> int:
         model.graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(new), renamed))
         node.input[list(node.input).index(name)] = renamed
         changed += 1
-        replaced.add(name)
-    unused = replaced - {i for n in model.graph.node for i in n.input}
-    kept = [i for i in model.graph.initializer if i.name not in unused]
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(kept)
     return changed

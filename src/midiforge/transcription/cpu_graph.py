@@ -70,11 +70,23 @@ def rewrite(model_bytes: bytes, block: int | None = None) -> tuple[bytes, dict[s
     )
     if not shapes:
         return None
+    read = _read_by_nodes(model)
     changed = {
         "polyphase": polyphase.rewrite(model, shapes, block),
         "broadcast": broadcast.rewrite(model, shapes),
     }
-    return (model.SerializeToString(), changed) if any(changed.values()) else None
+    if not any(changed.values()):
+        return None
+    # Constants the rewrites stopped reading (replaced weights and shapes).
+    unread = read - _read_by_nodes(model)
+    kept = [i for i in model.graph.initializer if i.name not in unread]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(kept)
+    return model.SerializeToString(), changed
+
+
+def _read_by_nodes(model) -> set[str]:
+    return {i for n in model.graph.node for i in n.input}
 
 
 def for_cpu(model_bytes: bytes, cache: str | None = None) -> str | bytes | None:

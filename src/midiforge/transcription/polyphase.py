@@ -202,7 +202,8 @@ def convolutions(model) -> list[str]:
 
 
 def rewrite(model, shapes: dict[str, tuple[int, ...]], block: int | None = None) -> int:
-    """Rewrites `model` (a ModelProto) in place where a narrow convolution gains, given
+    """Rewrites `model` (a ModelProto) in place where a narrow convolution gains (the old
+    weights stay for `cpu_graph.rewrite` to drop), given
     the shapes of `convolutions(model)` for a batch of 1; returns how many were rewritten.
     `block`: output channels per block, default this CPU's (none: nothing is rewritten)."""
     from onnx import numpy_helper
@@ -213,7 +214,7 @@ def rewrite(model, shapes: dict[str, tuple[int, ...]], block: int | None = None)
         return 0
     graph = model.graph
     inits = {i.name: i for i in graph.initializer}
-    plans, replaced = {}, set()
+    plans = {}
     for n in graph.node:
         if n.op_type != "Conv" or n.input[1] not in inits:
             continue
@@ -226,7 +227,6 @@ def rewrite(model, shapes: dict[str, tuple[int, ...]], block: int | None = None)
         plan = plan_layer(layer, w, bias, block) if layer else None
         if plan:
             plans[n.output[0]] = plan
-            replaced.update(n.input[1:])
     if not plans:
         return 0
     nodes = []
@@ -235,9 +235,4 @@ def rewrite(model, shapes: dict[str, tuple[int, ...]], block: int | None = None)
         nodes += _replace(graph, n, plan) if plan else [n]
     del graph.node[:]
     graph.node.extend(nodes)
-    # The replaced layers' weights, unless another node reads them too.
-    unused = replaced - {i for n in graph.node for i in n.input}
-    kept = [i for i in graph.initializer if i.name not in unused]
-    del graph.initializer[:]
-    graph.initializer.extend(kept)
     return len(plans)

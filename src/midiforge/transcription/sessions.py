@@ -71,14 +71,16 @@ def openvino_device() -> Any:
                 if not cpus:
                     raise RuntimeError("the OpenVINO plugin found no CPU it runs on: Intel's only")
                 _openvino["device"] = cpus[0]
-            except Exception as e:  # ImportError, or the plugin failing to load here
+            except Exception as e:  # not installed, failing to load, or no CPU it runs on
                 _openvino["error"] = f"{type(e).__name__}: {e}"
+                if isinstance(e, ImportError):
+                    _openvino["hint"] = (
+                        "; on x86-64 Linux or Windows, `pip install onnxruntime-ep-openvino`"
+                    )
         if "error" in _openvino:
-            hint = ""
-            if _openvino["error"].startswith(("ImportError", "ModuleNotFoundError")):
-                hint = "; on x86-64 Linux or Windows, `pip install onnxruntime-ep-openvino`"
             raise RuntimeError(
-                f"onnxruntime's OpenVINO provider is not usable here ({_openvino['error']}){hint}"
+                "onnxruntime's OpenVINO provider is not usable here "
+                f"({_openvino['error']}){_openvino.get('hint', '')}"
             )
         return _openvino["device"]
 
